@@ -1,0 +1,1 @@
+//! FastCGI transport (TODO)

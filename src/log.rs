@@ -1,0 +1,41 @@
+//! One-line logs to stderr (journald adds time and unit). Secrets never reach here.
+
+use crate::config::LogLevel;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+static LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Info as u8);
+
+/// Sets the global log level.
+pub fn set_level(level: LogLevel) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// True when messages at `level` are printed.
+pub fn enabled(level: LogLevel) -> bool {
+    (level as u8) <= LEVEL.load(Ordering::Relaxed)
+}
+
+/// Writes one line at `level` (prefixed with the syslog priority journald understands).
+pub fn write(level: LogLevel, args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if !enabled(level) {
+        return;
+    }
+    let prio = match level {
+        LogLevel::Error => "<3>",
+        LogLevel::Warn => "<4>",
+        LogLevel::Info => "<6>",
+        LogLevel::Debug => "<7>",
+    };
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{prio}{args}");
+}
+
+#[macro_export]
+macro_rules! log_error { ($($t:tt)*) => { $crate::log::write($crate::config::LogLevel::Error, format_args!($($t)*)) } }
+#[macro_export]
+macro_rules! log_warn { ($($t:tt)*) => { $crate::log::write($crate::config::LogLevel::Warn, format_args!($($t)*)) } }
+#[macro_export]
+macro_rules! log_info { ($($t:tt)*) => { $crate::log::write($crate::config::LogLevel::Info, format_args!($($t)*)) } }
+#[macro_export]
+macro_rules! log_debug { ($($t:tt)*) => { if $crate::log::enabled($crate::config::LogLevel::Debug) { $crate::log::write($crate::config::LogLevel::Debug, format_args!($($t)*)) } } }
