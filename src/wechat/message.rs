@@ -76,6 +76,11 @@ impl<'a> Message<'a> {
         todo!()
     }
 
+    /// A message from already-parsed nodes (used by tests and by the JSON side of forwarding).
+    pub fn from_nodes(nodes: Vec<Node<'a>>) -> Message<'a> {
+        Message { nodes }
+    }
+
     /// All nodes in document order.
     pub fn nodes(&self) -> &[Node<'a>] {
         &self.nodes
