@@ -1,1 +1,357 @@
-//! TODO
+//! The FastCGI handler: routes a request to its account by exact path, verifies WeChat's
+//! signature, decrypts safe-mode bodies, runs the account's rules and renders the reply.
+//!
+//! Status codes: 200 reply (or `success`), 400 unparsable body or ciphertext, 403 wrong or
+//! missing signature / stale timestamp / plaintext refused, 404 unknown path, 405 other methods.
+//! The transport answers 413 for bodies over `max_body` before this runs.
+
+use crate::config::{Account, Config};
+use crate::fastcgi::{Handler, Outcome, Request, Response};
+use crate::query;
+use crate::rules::{self, Action};
+use crate::wechat::crypto::{self, AesKey};
+use crate::wechat::message::Message;
+use crate::wechat::reply::{self, Envelope, Limits};
+use crate::wechat::signature;
+use std::cell::RefCell;
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+const XML: &str = "application/xml; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The WeChat callback application. The config can be swapped atomically (SIGHUP): each
+/// request takes one snapshot and uses it throughout.
+pub struct App {
+    config: RwLock<Arc<Config>>,
+}
+
+/// Per-worker scratch space, reused across requests.
+#[derive(Default)]
+struct Scratch {
+    /// Rendered template values.
+    text: String,
+    /// Decrypted safe-mode message.
+    plain: Vec<u8>,
+    /// Reply XML before encryption.
+    reply: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// What happened, for the one log line per request.
+#[derive(Default)]
+struct Outcomes<'a> {
+    account: &'a str,
+    kind: Short,
+    event: Short,
+    rule: &'a str,
+    outcome: &'static str,
+    user: u32,
+    mode: &'static str,
+}
+
+impl App {
+    pub fn new(config: Config) -> App {
+        App { config: RwLock::new(Arc::new(config)) }
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces the config; requests already running keep the one they started with.
+    pub fn replace(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+}
+
+impl Handler for App {
+    fn handle(&self, request: &Request<'_>, response: &mut Response) -> Outcome {
+        let started = Instant::now();
+        let config = self.config();
+        let mut log = Outcomes { mode: "plain", ..Outcomes::default() };
+        let result = serve(&config, request, response, &mut log);
+        let micros = started.elapsed().as_micros();
+        match result {
+            Ok(()) => crate::log_info!(
+                "request account={} mode={} type={} event={} rule={} outcome={} status={} user={:08x} us={}",
+                log.account,
+                log.mode,
+                or_dash(log.kind.as_str()),
+                or_dash(log.event.as_str()),
+                or_dash(log.rule),
+                log.outcome,
+                response.status(),
+                log.user,
+                micros
+            ),
+            Err(reason) => crate::log_warn!(
+                "refused account={} status={} reason=\"{}\" us={}",
+                or_dash(log.account),
+                response.status(),
+                reason,
+                micros
+            ),
+        }
+        Outcome::Done
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+/// Fills `response`; `Err` carries the reason of a refusal (already set as the response).
+fn serve<'c>(
+    config: &'c Config,
+    request: &Request<'_>,
+    response: &mut Response,
+    log: &mut Outcomes<'c>,
+) -> Result<(), &'static str> {
+    let path = request
+        .param_str("DOCUMENT_URI")
+        .filter(|p| !p.is_empty())
+        .or_else(|| request.param_str("SCRIPT_NAME"))
+        .unwrap_or("");
+    let Some(account) = config.account_for_path(path) else {
+        return refuse(response, 404, "no account at this path");
+    };
+    log.account = &account.name;
+    let query = request.param("QUERY_STRING").unwrap_or(b"");
+    let timestamp = query::get(query, "timestamp").unwrap_or_default();
+    let nonce = query::get(query, "nonce").unwrap_or_default();
+    let signature = query::get(query, "signature").unwrap_or_default();
+    let token = account.token.expose().as_bytes();
+    let signed = signature::verify(token, &timestamp, &nonce, &signature);
+    match request.param("REQUEST_METHOD").unwrap_or(b"") {
+        b"GET" => {
+            log.kind.set("verify");
+            if !signed {
+                return refuse(response, 403, "signature mismatch");
+            }
+            let Some(echostr) = query::get(query, "echostr") else {
+                return refuse(response, 400, "GET without echostr");
+            };
+            response.set_content_type(TEXT);
+            response.body.extend_from_slice(&echostr);
+            log.outcome = "echo";
+            Ok(())
+        }
+        b"POST" => {
+            if !signed {
+                return refuse(response, 403, "signature mismatch");
+            }
+            if !timestamp_fresh(&timestamp, config.timestamp_window) {
+                return refuse(response, 403, "timestamp outside timestamp_window");
+            }
+            let encrypted = query::get(query, "encrypt_type").as_deref() == Some(b"aes");
+            SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let scratch = &mut *scratch;
+                if encrypted {
+                    log.mode = "aes";
+                    let msg_signature = query::get(query, "msg_signature").unwrap_or_default();
+                    let ctx = SafeRequest { timestamp: &timestamp, nonce: &nonce, msg_signature: &msg_signature };
+                    post_encrypted(config, account, &ctx, request.body, response, scratch, log)
+                } else {
+                    if account.encrypted_only {
+                        return refuse(response, 403, "plaintext POST refused (encrypted_only)");
+                    }
+                    post_plain(config, account, request.body, response, scratch, log)
+                }
+            })
+        }
+        _ => refuse(response, 405, "method not allowed (GET and POST only)"),
+    }
+}
+
+fn refuse(response: &mut Response, status: u16, reason: &'static str) -> Result<(), &'static str> {
+    response.plain(status, reason);
+    response.body.push(b'\n');
+    Err(reason)
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn timestamp_fresh(timestamp: &[u8], window: u64) -> bool {
+    if window == 0 {
+        return true;
+    }
+    let Some(ts) = std::str::from_utf8(timestamp).ok().and_then(|s| s.parse::<u64>().ok()) else {
+        return false;
+    };
+    now().abs_diff(ts) <= window
+}
+
+fn post_plain<'c>(
+    config: &'c Config,
+    account: &'c Account,
+    body: &[u8],
+    response: &mut Response,
+    scratch: &mut Scratch,
+    log: &mut Outcomes<'c>,
+) -> Result<(), &'static str> {
+    let msg = match Message::parse(body) {
+        Ok(m) => m,
+        Err(e) => return refuse(response, 400, e.as_str()),
+    };
+    let replied = answer(config, account, &msg, &mut scratch.text, &mut response.body, log);
+    finish(response, replied);
+    Ok(())
+}
+
+struct SafeRequest<'q> {
+    timestamp: &'q [u8],
+    nonce: &'q [u8],
+    msg_signature: &'q [u8],
+}
+
+fn post_encrypted<'c>(
+    config: &'c Config,
+    account: &'c Account,
+    ctx: &SafeRequest<'_>,
+    body: &[u8],
+    response: &mut Response,
+    scratch: &mut Scratch,
+    log: &mut Outcomes<'c>,
+) -> Result<(), &'static str> {
+    let (Some(key), Some(app_id)) = (&account.aes_key, &account.app_id) else {
+        return refuse(response, 400, "encrypted message but the account has no aes_key/app_id");
+    };
+    let outer = match Message::parse(body) {
+        Ok(m) => m,
+        Err(e) => return refuse(response, 400, e.as_str()),
+    };
+    let Some(encrypt) = outer.get("Encrypt") else {
+        return refuse(response, 400, "encrypt_type=aes but no Encrypt element");
+    };
+    let token = account.token.expose().as_bytes();
+    if !signature::verify_msg(token, ctx.timestamp, ctx.nonce, encrypt.as_bytes(), ctx.msg_signature) {
+        return refuse(response, 403, "msg_signature mismatch");
+    }
+    let Scratch { text, plain, reply } = scratch;
+    let key_used: &AesKey =
+        match crypto::decrypt(key, app_id, encrypt.as_bytes(), config.max_body, plain) {
+            Ok(_) => key,
+            Err(first) => match &account.previous_aes_key {
+                Some(previous)
+                    if crypto::decrypt(previous, app_id, encrypt.as_bytes(), config.max_body, plain)
+                        .is_ok() =>
+                {
+                    log.mode = "aes-previous-key";
+                    previous
+                }
+                _ => return refuse(response, 400, first.as_str()),
+            },
+        };
+    let msg = match Message::parse(plain) {
+        Ok(m) => m,
+        Err(e) => return refuse(response, 400, e.as_str()),
+    };
+    reply.clear();
+    let replied = answer(config, account, &msg, text, reply, log);
+    if !replied {
+        finish(response, false);
+        return Ok(());
+    }
+    if let Err(e) = crypto::render_encrypted_reply(token, key_used, app_id, reply, now(), &mut response.body) {
+        crate::log_error!("cannot encrypt the reply (no OS randomness?): {e}");
+        response.body.clear();
+        return refuse(response, 500, "cannot encrypt the reply");
+    }
+    response.set_content_type(XML);
+    Ok(())
+}
+
+/// Sets the content type for a rendered reply, or the literal `success` for no reply.
+fn finish(response: &mut Response, replied: bool) {
+    if replied {
+        response.set_content_type(XML);
+    } else {
+        response.body.clear();
+        response.body.extend_from_slice(reply::NO_REPLY);
+        response.set_content_type(TEXT);
+    }
+}
+
+/// Runs the rules for `msg` and renders the reply into `out`. Returns false for no reply.
+fn answer<'c>(
+    config: &'c Config,
+    account: &'c Account,
+    msg: &Message<'_>,
+    text: &mut String,
+    out: &mut Vec<u8>,
+    log: &mut Outcomes<'c>,
+) -> bool {
+    log.user = short_hash(msg.from_user().as_bytes());
+    log.kind.set(msg.msg_type());
+    log.event.set(msg.event());
+    if crate::log::enabled(crate::config::LogLevel::Debug) {
+        crate::log_debug!(
+            "message account={} from={} type={} event={} content={:?}",
+            account.name,
+            msg.from_user(),
+            msg.msg_type(),
+            msg.event(),
+            msg.get("Content").unwrap_or("")
+        );
+    }
+    let Some(rule) = rules::find_rule(&account.rules, msg) else {
+        log.outcome = "no-rule";
+        crate::log_debug!("no rule matched in account {}; answering success", account.name);
+        return false;
+    };
+    log.rule = &rule.name;
+    match &rule.action {
+        Action::NoReply => {
+            log.outcome = "no-reply";
+            false
+        }
+        Action::Reply(template) => {
+            let envelope = Envelope { to_user: msg.from_user(), from_user: msg.to_user(), create_time: now() };
+            let limits = Limits {
+                text_max_bytes: config.text_max_bytes,
+                max_articles: if msg.is_event() {
+                    reply::MAX_ARTICLES_FOR_EVENT
+                } else {
+                    reply::MAX_ARTICLES_FOR_MESSAGE
+                },
+            };
+            template.render(msg, &envelope, &limits, text, out);
+            log.outcome = "reply";
+            true
+        }
+    }
+}
+
+/// A short, non-reversible-at-a-glance id for correlating one user's requests in logs
+/// without logging the OpenID itself (FNV-1a, 32 bits).
+fn short_hash(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+}
+
+/// A short copy of a message field for the log line (cut at 32 bytes on a char boundary),
+/// so the log does not borrow the request body.
+#[derive(Default)]
+struct Short {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl Short {
+    fn set(&mut self, s: &str) {
+        let s = reply::truncate_utf8(s, self.buf.len());
+        self.buf[..s.len()].copy_from_slice(s.as_bytes());
+        self.len = s.len();
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}

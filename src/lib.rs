@@ -12,6 +12,7 @@ pub mod config;
 pub mod fastcgi;
 pub mod listener;
 pub mod log;
+pub mod notify;
 pub mod query;
 pub mod rules;
 pub mod wechat;

@@ -27,8 +27,27 @@ pub fn write(level: LogLevel, args: std::fmt::Arguments<'_>) {
         LogLevel::Info => "<6>",
         LogLevel::Debug => "<7>",
     };
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{prio}{args}");
+    // One write(2) per line, so lines from several workers never interleave.
+    LINE.with(|line| {
+        let mut line = line.borrow_mut();
+        line.clear();
+        line.push_str(prio);
+        let _ = std::fmt::Write::write_fmt(&mut *line, args);
+        // One line: a newline inside a value must not forge a second log entry.
+        if line[prio.len()..].contains(['\n', '\r']) {
+            let body = line.split_off(prio.len()).replace(['\n', '\r'], " ");
+            line.push_str(&body);
+        }
+        line.push('\n');
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        if line.capacity() > 4096 {
+            line.shrink_to(1024);
+        }
+    });
+}
+
+thread_local! {
+    static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(256));
 }
 
 #[macro_export]

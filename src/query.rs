@@ -1,1 +1,66 @@
-//! TODO
+//! `QUERY_STRING` lookups with percent-decoding (`+` is a space, as browsers and WeChat send).
+
+use std::borrow::Cow;
+
+/// The value of the first `name=value` pair named `name`, percent-decoded. Borrowed when
+/// nothing needed decoding (the usual case: WeChat's values are digits and hex).
+pub fn get<'a>(query: &'a [u8], name: &str) -> Option<Cow<'a, [u8]>> {
+    query.split(|&b| b == b'&').find_map(|pair| {
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &pair[..0]),
+        };
+        (decode(k).as_ref() == name.as_bytes()).then(|| decode(v))
+    })
+}
+
+/// Percent-decodes `s`; a malformed escape is kept literally.
+pub fn decode(s: &[u8]) -> Cow<'_, [u8]> {
+    if !s.iter().any(|&b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (s.get(i + 1).and_then(|&h| hex(h)), s.get(i + 2).and_then(|&l| hex(l))) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups() {
+        let q = b"signature=abc&timestamp=123&nonce=n%20x&echostr=a+b%2B&flag&bad=%zz%4";
+        assert_eq!(get(q, "signature").as_deref(), Some(&b"abc"[..]));
+        assert_eq!(get(q, "nonce").as_deref(), Some(&b"n x"[..]));
+        assert_eq!(get(q, "echostr").as_deref(), Some(&b"a b+"[..]));
+        assert_eq!(get(q, "flag").as_deref(), Some(&b""[..]));
+        assert_eq!(get(q, "bad").as_deref(), Some(&b"%zz%4"[..]));
+        assert_eq!(get(q, "missing"), None);
+        assert_eq!(get(b"", "x"), None);
+        assert!(matches!(get(q, "timestamp"), Some(Cow::Borrowed(_))));
+    }
+}
