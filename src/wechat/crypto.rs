@@ -53,13 +53,17 @@ impl std::error::Error for KeyError {}
 impl AesKey {
     /// Decodes an EncodingAESKey as shown in the WeChat console.
     pub fn from_encoding_aes_key(s: &str) -> Result<AesKey, KeyError> {
-        if s.len() != 43 {
+        if s.chars().count() != 43 {
             return Err(KeyError::WrongLength);
+        }
+        if !s.is_ascii() {
+            return Err(KeyError::NotBase64);
         }
         // 43 characters carry 258 bits; the last 2 are whatever the console generated, so they
         // must not be required to be zero (most real keys would fail).
+        let chars: &[u8; 43] = s.as_bytes().try_into().map_err(|_| KeyError::WrongLength)?;
         let mut padded = [b'='; 44];
-        padded[..43].copy_from_slice(s.as_bytes());
+        padded[..43].copy_from_slice(chars);
         let mut key = [0u8; 32];
         match KEY_B64.decode_slice(padded, &mut key) {
             Ok(32) => Ok(AesKey(key)),
@@ -207,34 +211,48 @@ fn unpad(data: &[u8]) -> Result<usize, DecryptError> {
 
 /// Encrypts `msg` for `app_id` with 16 random bytes from the OS, appending the base64 to `out`.
 pub fn encrypt(key: &AesKey, app_id: &str, msg: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
-    let msg_len = u32::try_from(msg.len()).map_err(|_| {
+    let mut random = [0u8; RANDOM_LEN];
+    getrandom::fill(&mut random).map_err(std::io::Error::other)?;
+    encrypt_with(key, app_id, &random, msg, out)
+}
+
+/// [`encrypt`] with the random prefix given, so tests can reproduce a known ciphertext.
+fn encrypt_with(
+    key: &AesKey,
+    app_id: &str,
+    random: &[u8; RANDOM_LEN],
+    msg: &[u8],
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let too_long = || {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "message too long to encrypt",
         )
-    })?;
-    let unpadded = HEADER_LEN + msg.len() + app_id.len();
+    };
+    let msg_len = u32::try_from(msg.len()).map_err(|_| too_long())?;
+    let unpadded = HEADER_LEN
+        .checked_add(msg.len())
+        .and_then(|n| n.checked_add(app_id.len()))
+        .ok_or_else(too_long)?;
     let pad = PAD_BLOCK - unpadded % PAD_BLOCK; // 1..=32
-    let mut block = Vec::with_capacity(unpadded + pad);
-    block.resize(RANDOM_LEN, 0);
-    getrandom::fill(&mut block).map_err(std::io::Error::other)?;
+    let total = unpadded.checked_add(pad).ok_or_else(too_long)?;
+    let encoded = base64::encoded_len(total, true)
+        .and_then(|n| n.checked_add(out.len()))
+        .ok_or_else(too_long)?;
+
+    let mut block = Vec::with_capacity(total);
+    block.extend_from_slice(random);
     block.extend_from_slice(&msg_len.to_be_bytes());
     block.extend_from_slice(msg);
     block.extend_from_slice(app_id.as_bytes());
     // `pad` is at most 32, so the cast is exact.
-    block.resize(unpadded + pad, pad as u8);
-
+    block.resize(total, pad as u8);
     let (blocks, _) = Array::slice_as_chunks_mut(block.as_mut_slice());
     cipher_enc(key).encrypt_blocks(blocks);
 
     let start = out.len();
-    let encoded = base64::encoded_len(block.len(), true).ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "message too long to encrypt",
-        )
-    })?;
-    out.resize(start + encoded, 0);
+    out.resize(encoded, 0);
     match STANDARD.encode_slice(&block, out.get_mut(start..).unwrap_or_default()) {
         Ok(n) => {
             out.truncate(start + n);
@@ -294,4 +312,353 @@ fn random_digits(out: &mut [u8]) -> std::io::Result<()> {
         *d = b'0' + *d % 10;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wechat::message::Message;
+    use crate::wechat::signature::verify_msg;
+    use crate::wechat::testvec;
+
+    const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+    const APP_ID: &str = "wxb11529c136998cb6";
+    const MAX: usize = 64 * 1024;
+
+    fn key() -> AesKey {
+        AesKey::from_encoding_aes_key(KEY).unwrap()
+    }
+
+    /// Encrypts an arbitrary (block-aligned) plaintext, to build malformed ciphertexts.
+    fn raw_ciphertext(plain: &[u8]) -> Vec<u8> {
+        assert_eq!(plain.len() % AES_BLOCK, 0);
+        let mut block = plain.to_vec();
+        let (blocks, _) = Array::slice_as_chunks_mut(block.as_mut_slice());
+        cipher_enc(&key()).encrypt_blocks(blocks);
+        STANDARD.encode(block).into_bytes()
+    }
+
+    /// random(16) ‖ len ‖ msg ‖ app_id, padded with `pad` bytes of value `pad_value`.
+    fn plain(len_field: u32, msg: &[u8], app_id: &[u8], pad: usize, pad_value: u8) -> Vec<u8> {
+        let mut p = vec![7u8; RANDOM_LEN];
+        p.extend_from_slice(&len_field.to_be_bytes());
+        p.extend_from_slice(msg);
+        p.extend_from_slice(app_id);
+        p.resize(p.len() + pad, pad_value);
+        p
+    }
+
+    fn dec(b64: &[u8]) -> Result<Vec<u8>, DecryptError> {
+        let mut scratch = b"stale data from a previous request".to_vec();
+        decrypt(&key(), APP_ID, b64, MAX, &mut scratch).map(<[u8]>::to_vec)
+    }
+
+    #[test]
+    fn safe_mode_vectors_decrypt_and_verify() {
+        let v = testvec::load();
+        assert_eq!(v.str("encoding_aes_key"), KEY);
+        assert_eq!(v.str("app_id"), APP_ID);
+        let token = v.str("token").as_bytes();
+        let cases = v.array("safe_mode_incoming");
+        assert_eq!(cases.len(), 3);
+        let mut scratch = Vec::new();
+        for case in cases {
+            let body = Message::parse(case.str("body").as_bytes()).unwrap();
+            let encrypt_b64 = body.get("Encrypt").unwrap();
+            let (ts, nonce) = (
+                case.str("timestamp").as_bytes(),
+                case.str("nonce").as_bytes(),
+            );
+            let sig = case.str("msg_signature").as_bytes();
+            assert!(verify_msg(token, ts, nonce, encrypt_b64.as_bytes(), sig));
+            let mut flipped = sig.to_vec();
+            flipped[0] ^= 1;
+            assert!(!verify_msg(
+                token,
+                ts,
+                nonce,
+                encrypt_b64.as_bytes(),
+                &flipped
+            ));
+            assert!(!verify_msg(
+                token,
+                ts,
+                nonce,
+                &encrypt_b64.as_bytes()[1..],
+                sig
+            ));
+
+            let msg = decrypt(&key(), APP_ID, encrypt_b64.as_bytes(), MAX, &mut scratch).unwrap();
+            assert_eq!(std::str::from_utf8(msg).unwrap(), case.str("plaintext"));
+            let inner = Message::parse(msg).unwrap();
+            assert_eq!(inner.to_user(), "gh_test");
+
+            // Re-encrypting with the same random prefix gives wechatpy's ciphertext exactly.
+            let random: [u8; 16] = scratch[..16].try_into().unwrap();
+            let mut again = Vec::new();
+            encrypt_with(
+                &key(),
+                APP_ID,
+                &random,
+                case.str("plaintext").as_bytes(),
+                &mut again,
+            )
+            .unwrap();
+            assert_eq!(std::str::from_utf8(&again).unwrap(), encrypt_b64);
+        }
+    }
+
+    #[test]
+    fn round_trip_every_padding_length() {
+        let mut scratch = Vec::new();
+        for n in 0..=100 {
+            let msg: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut out = b"prefix:".to_vec();
+            encrypt(&key(), APP_ID, &msg, &mut out).unwrap();
+            let b64 = &out[7..];
+            assert_eq!(STANDARD.decode(b64).unwrap().len() % PAD_BLOCK, 0);
+            assert_eq!(
+                decrypt(&key(), APP_ID, b64, MAX, &mut scratch).unwrap(),
+                msg
+            );
+        }
+        // Fresh randomness each time.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encrypt(&key(), APP_ID, b"same", &mut a).unwrap();
+        encrypt(&key(), APP_ID, b"same", &mut b).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn bad_inputs_are_named() {
+        use DecryptError::*;
+        let mut good = Vec::new();
+        encrypt(&key(), APP_ID, b"<xml/>", &mut good).unwrap();
+        assert_eq!(dec(&good), Ok(b"<xml/>".to_vec()));
+
+        // Tampered base64: a character outside the alphabet, URL-safe alphabet, bad padding.
+        let mut bang = good.clone();
+        bang[5] = b'!';
+        assert_eq!(dec(&bang), Err(Base64));
+        assert_eq!(dec(b"ab-_"), Err(Base64));
+        assert_eq!(dec(b"abc"), Err(Base64));
+        assert_eq!(dec(b"===="), Err(Base64));
+        assert_eq!(dec(&good[..good.len() - 1]), Err(Base64));
+        let mut spaced = good.clone();
+        spaced.insert(4, b' ');
+        assert_eq!(dec(&spaced), Err(Base64));
+
+        // Truncated / not block-aligned.
+        assert_eq!(dec(b""), Err(NotBlockAligned));
+        assert_eq!(
+            dec(STANDARD.encode([1u8; 20]).as_bytes()),
+            Err(NotBlockAligned)
+        );
+        assert_eq!(
+            dec(STANDARD.encode([1u8; 31]).as_bytes()),
+            Err(NotBlockAligned)
+        );
+        let ct = STANDARD.decode(&good).unwrap();
+        assert_eq!(
+            dec(STANDARD.encode(&ct[..ct.len() - 3]).as_bytes()),
+            Err(NotBlockAligned)
+        );
+
+        // Padding value 0, 33, and unequal padding bytes; 32 is fine.
+        let msg = b"hi";
+        let body = RANDOM_LEN + 4 + msg.len() + APP_ID.len(); // 40
+        let p = plain(2, msg, APP_ID.as_bytes(), 64 - body, 0);
+        assert_eq!(dec(&raw_ciphertext(&p)), Err(BadPadding));
+        let mut p = plain(2, msg, APP_ID.as_bytes(), 64 - body, 24);
+        *p.last_mut().unwrap() = 33;
+        assert_eq!(dec(&raw_ciphertext(&p)), Err(BadPadding));
+        let mut p = plain(2, msg, APP_ID.as_bytes(), 64 - body, 24);
+        p[50] = 23;
+        assert_eq!(dec(&raw_ciphertext(&p)), Err(BadPadding));
+        let p = plain(2, msg, APP_ID.as_bytes(), 64 - body, 24);
+        assert_eq!(dec(&raw_ciphertext(&p)), Ok(msg.to_vec()));
+        let p = plain(2, msg, APP_ID.as_bytes(), 64 - body + 32, 56);
+        assert_eq!(dec(&raw_ciphertext(&p)), Err(BadPadding), "56 > 32");
+        // An aligned body gets a whole block of padding 32.
+        let abc = b"abcdefghijklmnopqrstuvwxyz";
+        let p = plain(26, abc, APP_ID.as_bytes(), 32, 32);
+        assert_eq!(p.len(), 96);
+        assert_eq!(dec(&raw_ciphertext(&p)), Ok(abc.to_vec()));
+        // A single 16-byte block whose padding claims 32 bytes.
+        assert_eq!(dec(&raw_ciphertext(&[32u8; 16])), Err(BadPadding));
+        assert_eq!(
+            dec(&raw_ciphertext(&[16u8; 16])),
+            Err(BadLength),
+            "nothing left after padding"
+        );
+
+        // Length field beyond the data, or header cut short.
+        let p = plain(3, msg, APP_ID.as_bytes(), 64 - body, 24);
+        assert_eq!(
+            dec(&raw_ciphertext(&p)),
+            Err(AppIdMismatch),
+            "off by one shifts the AppID"
+        );
+        let p = plain(2 + 18 + 1, msg, APP_ID.as_bytes(), 64 - body, 24);
+        assert_eq!(dec(&raw_ciphertext(&p)), Err(BadLength));
+        let p = plain(u32::MAX, msg, APP_ID.as_bytes(), 64 - body, 24);
+        assert_eq!(dec(&raw_ciphertext(&p)), Err(BadLength));
+        let mut short = vec![0u8; 19];
+        short.resize(32, 13);
+        assert_eq!(dec(&raw_ciphertext(&short)), Err(BadLength));
+
+        // Wrong AppID, empty AppID, AppID with a suffix.
+        let mut other = Vec::new();
+        encrypt(&key(), "wx0000000000000000", b"<xml/>", &mut other).unwrap();
+        assert_eq!(dec(&other), Err(AppIdMismatch));
+        other.clear();
+        encrypt(&key(), "", b"<xml/>", &mut other).unwrap();
+        assert_eq!(dec(&other), Err(AppIdMismatch));
+        other.clear();
+        encrypt(&key(), &format!("{APP_ID}x"), b"<xml/>", &mut other).unwrap();
+        assert_eq!(dec(&other), Err(AppIdMismatch));
+
+        // Invalid UTF-8 inside.
+        let mut bad_utf8 = Vec::new();
+        encrypt(&key(), APP_ID, b"<xml>\xff</xml>", &mut bad_utf8).unwrap();
+        assert_eq!(dec(&bad_utf8), Err(InvalidUtf8));
+
+        // Another key: garbage after decryption, refused one way or another, never a panic.
+        let other_key =
+            AesKey::from_encoding_aes_key("0123456789abcdefghijklmnopqrstuvwxyzABCDEFG").unwrap();
+        let mut scratch = Vec::new();
+        assert!(decrypt(&other_key, APP_ID, &good, MAX, &mut scratch).is_err());
+
+        // Every prefix and every single-character change: an error or the message, no panic.
+        for end in 0..good.len() {
+            assert!(dec(&good[..end]).is_err());
+        }
+        for i in 0..good.len() {
+            for c in [b'A', b'/', b'+', b'=', b'z'] {
+                let mut m = good.clone();
+                m[i] = c;
+                let _ = dec(&m);
+            }
+        }
+    }
+
+    #[test]
+    fn size_cap_is_checked_before_decoding() {
+        let mut good = Vec::new();
+        encrypt(&key(), APP_ID, &[b'x'; 100], &mut good).unwrap();
+        let len = STANDARD.decode(&good).unwrap().len(); // 160
+        let mut scratch = Vec::new();
+        assert!(decrypt(&key(), APP_ID, &good, len, &mut scratch).is_ok());
+        assert_eq!(
+            decrypt(&key(), APP_ID, &good, len - 1, &mut scratch),
+            Err(DecryptError::TooLarge)
+        );
+        assert_eq!(
+            decrypt(&key(), APP_ID, &good, 0, &mut scratch),
+            Err(DecryptError::TooLarge)
+        );
+        // A huge body of junk is refused without being decoded (or allocated for).
+        let huge = vec![b'!'; 10 * 1024 * 1024];
+        let mut scratch = Vec::new();
+        assert_eq!(
+            decrypt(&key(), APP_ID, &huge, MAX, &mut scratch),
+            Err(DecryptError::TooLarge)
+        );
+        assert_eq!(scratch.capacity(), 0);
+    }
+
+    #[test]
+    fn key_errors() {
+        assert!(AesKey::from_encoding_aes_key(KEY).is_ok());
+        // Last character with zero spare bits, as a strict decoder wants, works too.
+        assert!(
+            AesKey::from_encoding_aes_key("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFE").is_ok()
+        );
+        assert_eq!(
+            AesKey::from_encoding_aes_key(""),
+            Err(KeyError::WrongLength)
+        );
+        assert_eq!(
+            AesKey::from_encoding_aes_key(&KEY[..42]),
+            Err(KeyError::WrongLength)
+        );
+        assert_eq!(
+            AesKey::from_encoding_aes_key(&format!("{KEY}=")),
+            Err(KeyError::WrongLength)
+        );
+        assert_eq!(
+            AesKey::from_encoding_aes_key(&format!("{KEY}A")),
+            Err(KeyError::WrongLength)
+        );
+        let bad = |c: &str| AesKey::from_encoding_aes_key(&format!("{}{c}", &KEY[..42]));
+        assert_eq!(bad("!"), Err(KeyError::NotBase64));
+        assert_eq!(bad("="), Err(KeyError::NotBase64));
+        assert_eq!(bad("-"), Err(KeyError::NotBase64));
+        assert_eq!(
+            bad("é"),
+            Err(KeyError::NotBase64),
+            "43 characters, 44 bytes"
+        );
+        assert_eq!(
+            AesKey::from_encoding_aes_key(&"é".repeat(43)),
+            Err(KeyError::NotBase64)
+        );
+        assert_eq!(
+            AesKey::from_encoding_aes_key(&format!("{}=abc", &KEY[..39])),
+            Err(KeyError::NotBase64)
+        );
+        // The decoded bytes match a plain base64 decode of KEY + "=" (ignoring spare bits).
+        let k = key();
+        let expected = STANDARD.decode(format!("{}E=", &KEY[..42])).unwrap();
+        assert_eq!(k.0[..], expected[..]);
+    }
+
+    #[test]
+    fn debug_and_errors_do_not_leak_the_key() {
+        let k = key();
+        let debug = format!("{k:?}");
+        assert_eq!(debug, "AesKey(<redacted>)");
+        assert!(!debug.contains("abcdef"));
+        for e in [KeyError::WrongLength, KeyError::NotBase64] {
+            assert!(!e.to_string().contains("abcdef"));
+        }
+        assert_eq!(
+            DecryptError::BadPadding.to_string(),
+            DecryptError::BadPadding.as_str()
+        );
+    }
+
+    #[test]
+    fn encrypted_reply_envelope() {
+        let reply = b"<xml><ToUserName><![CDATA[oUser]]></ToUserName><Content><![CDATA[hi]]></Content></xml>";
+        let mut out = b"kept".to_vec();
+        render_encrypted_reply(b"pamtest", &key(), APP_ID, reply, 1_409_304_348, &mut out).unwrap();
+        assert!(out.starts_with(b"kept<xml><Encrypt><![CDATA["));
+        let xml = std::str::from_utf8(&out[4..]).unwrap();
+        let m = Message::parse(xml.as_bytes()).unwrap();
+        let names: Vec<_> = m.nodes().iter().map(|n| n.name).collect();
+        assert_eq!(names, ["Encrypt", "MsgSignature", "TimeStamp", "Nonce"]);
+        let (enc, sig) = (m.get("Encrypt").unwrap(), m.get("MsgSignature").unwrap());
+        let (ts, nonce) = (m.get("TimeStamp").unwrap(), m.get("Nonce").unwrap());
+        assert_eq!(ts, "1409304348");
+        assert_eq!(nonce.len(), NONCE_LEN);
+        assert!(nonce.bytes().all(|c| c.is_ascii_digit()));
+        assert!(
+            xml.contains("<TimeStamp>1409304348</TimeStamp>"),
+            "bare number: {xml}"
+        );
+        assert!(xml.ends_with(&format!("]]></MsgSignature><TimeStamp>1409304348</TimeStamp><Nonce><![CDATA[{nonce}]]></Nonce></xml>")));
+        assert!(verify_msg(
+            b"pamtest",
+            ts.as_bytes(),
+            nonce.as_bytes(),
+            enc.as_bytes(),
+            sig.as_bytes()
+        ));
+        let mut scratch = Vec::new();
+        assert_eq!(
+            decrypt(&key(), APP_ID, enc.as_bytes(), MAX, &mut scratch).unwrap(),
+            reply
+        );
+    }
 }
