@@ -18,7 +18,7 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STAN
 use cbc::cipher::array::Array;
 use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
 
-use super::reply::write_u64;
+use super::reply::u64_digits;
 use super::signature::{ct_eq, sign};
 
 /// A 32-byte AES key decoded from a 43-character EncodingAESKey. `Debug` is redacted.
@@ -155,7 +155,9 @@ pub fn decrypt<'s>(
         .and_then(|len| HEADER_LEN.checked_add(len))
         .filter(|&end| end <= plain.len())
         .ok_or(DecryptError::BadLength)?;
-    let (head, found_app_id) = plain.split_at(msg_end);
+    let (head, found_app_id) = plain
+        .split_at_checked(msg_end)
+        .ok_or(DecryptError::BadLength)?;
     if !ct_eq(found_app_id, app_id.as_bytes()) {
         return Err(DecryptError::AppIdMismatch);
     }
@@ -280,8 +282,8 @@ pub fn render_encrypted_reply(
     let start = out.len();
     let mut nonce = [0u8; NONCE_LEN];
     random_digits(&mut nonce)?;
-    let mut ts = Vec::with_capacity(20);
-    write_u64(&mut ts, timestamp);
+    let mut ts_buf = [0; 20];
+    let ts = u64_digits(timestamp, &mut ts_buf);
 
     out.extend_from_slice(b"<xml><Encrypt><![CDATA[");
     let b64_start = out.len();
@@ -290,11 +292,11 @@ pub fn render_encrypted_reply(
         return Err(e);
     }
     // Base64 has no `]`, so it can go into CDATA as it is.
-    let sig = sign(&mut [token, &ts, &nonce, out.get(b64_start..).unwrap_or_default()]);
+    let sig = sign(&mut [token, ts, &nonce, out.get(b64_start..).unwrap_or_default()]);
     out.extend_from_slice(b"]]></Encrypt><MsgSignature><![CDATA[");
     out.extend_from_slice(&sig);
     out.extend_from_slice(b"]]></MsgSignature><TimeStamp>");
-    out.extend_from_slice(&ts);
+    out.extend_from_slice(ts);
     out.extend_from_slice(b"</TimeStamp><Nonce><![CDATA[");
     out.extend_from_slice(&nonce);
     out.extend_from_slice(b"]]></Nonce></xml>");

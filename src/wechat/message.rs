@@ -6,6 +6,10 @@
 //! Fields are kept as a flat pre-order list of [`Node`]s: a container node (no value) is
 //! followed by its children at `depth + 1`. Unknown elements are kept like known ones.
 //!
+//! Values are the text exactly as sent: not trimmed, line ends not normalised. Whitespace
+//! between elements is layout and ignored, and so is any other text mixed in beside child
+//! elements (WeChat never sends mixed content). Attributes are ignored.
+//!
 //! # Security
 //! DOCTYPE (and so every entity declaration) is refused; only the five predefined entities and
 //! numeric character references are decoded. Counts and depth are capped. Raw control characters
@@ -91,8 +95,8 @@ impl<'a> Message<'a> {
         let config = reader.config_mut();
         // Values keep their whitespace; whitespace between elements is dropped below.
         config.trim_text(false);
-        // End names are matched against our own open-element stack, which already holds the
-        // names; quick-xml's own check would keep a second, allocated copy of them.
+        // End names are matched against our own open-element stack (needed anyway to attach
+        // values), so quick-xml's identical check is redundant.
         config.check_end_names = false;
         config.expand_empty_elements = false;
         config.allow_dangling_amp = false;
@@ -108,10 +112,7 @@ impl<'a> Message<'a> {
                 Event::End(e) => b.end(e.name().0)?,
                 Event::Text(t) => b.text(t.into_inner())?,
                 Event::CData(t) => b.piece(t.into_inner())?,
-                Event::GeneralRef(r) => {
-                    let c = resolve_ref(&r)?;
-                    b.piece(Cow::Owned(String::from(c)))?
-                }
+                Event::GeneralRef(r) => b.push_char(resolve_ref(&r)?)?,
                 Event::DocType(_) => return Err(ParseError::DocType),
                 Event::Decl(_) => {
                     // `<?xml …?>` only as the very first thing in the document.
@@ -300,16 +301,33 @@ impl<'a> Builder<'a> {
         self.piece(text)
     }
 
-    /// One piece of a value (text, CDATA or a decoded reference), appended to the current one.
-    fn piece(&mut self, piece: Cow<'a, str>) -> Result<(), ParseError> {
+    /// Whether character data here is part of a value; outside `<xml>` it is an error.
+    fn collecting(&self) -> Result<bool, ParseError> {
         match self.phase {
-            Phase::Prolog | Phase::Epilog => return Err(ParseError::NotXmlRoot),
-            Phase::InRoot if !self.collecting => return Ok(()),
-            Phase::InRoot => {}
+            Phase::Prolog | Phase::Epilog => Err(ParseError::NotXmlRoot),
+            Phase::InRoot => Ok(self.collecting),
         }
-        match &mut self.value {
-            None => self.value = Some(piece),
-            Some(value) => value.to_mut().push_str(&piece),
+    }
+
+    /// One piece of a value (text or CDATA), appended to the current one. A single piece stays
+    /// borrowed; only a value made of several is copied.
+    fn piece(&mut self, piece: Cow<'a, str>) -> Result<(), ParseError> {
+        if self.collecting()? {
+            match &mut self.value {
+                None => self.value = Some(piece),
+                Some(value) => value.to_mut().push_str(&piece),
+            }
+        }
+        Ok(())
+    }
+
+    /// A decoded character reference, appended to the current value.
+    fn push_char(&mut self, c: char) -> Result<(), ParseError> {
+        if self.collecting()? {
+            self.value
+                .get_or_insert(Cow::Owned(String::new()))
+                .to_mut()
+                .push(c);
         }
         Ok(())
     }
@@ -324,7 +342,8 @@ impl<'a> Builder<'a> {
 }
 
 /// `part` (a slice of an event that borrowed from `input`) as a slice of `input` itself, so it
-/// can outlive the event. `None` would mean the event did not borrow; the slice reader always does.
+/// can outlive the event. A `part` outside `input` (an event that copied; the slice reader never
+/// does) cannot overlap it, so it is reported as `Malformed` rather than mis-sliced.
 fn reborrow<'a>(input: &'a str, part: &str) -> Result<&'a str, ParseError> {
     let offset = (part.as_ptr() as usize).wrapping_sub(input.as_ptr() as usize);
     offset
@@ -955,6 +974,33 @@ mod tests {
                     let _ = Message::parse(&m);
                 }
             }
+        }
+    }
+
+    /// Cost probe, not a check. The release profile strips symbols, so count instructions of
+    /// the whole release test binary under `valgrind --tool=callgrind` with `PARSE_COST_N=0` and
+    /// `PARSE_COST_N=10000` (`… parse_cost --ignored --test-threads=1`) and divide the difference
+    /// by 10000; `PARSE_COST_FLOOR=1` measures bare quick-xml reading the same document.
+    #[test]
+    #[ignore]
+    fn parse_cost() {
+        let n: usize = std::env::var("PARSE_COST_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        if std::env::var("PARSE_COST_FLOOR").is_ok() {
+            for _ in 0..n {
+                let mut r = Reader::from_reader(std::hint::black_box(TEXT.as_bytes()));
+                while !matches!(
+                    std::hint::black_box(r.read_event()),
+                    Ok(Event::Eof) | Err(_)
+                ) {}
+            }
+            return;
+        }
+        for _ in 0..n {
+            let m = Message::parse(std::hint::black_box(TEXT.as_bytes()));
+            std::hint::black_box(&m);
         }
     }
 

@@ -264,19 +264,24 @@ fn msg_type(out: &mut Vec<u8>, t: &str) {
     cdata_field(out, "MsgType", t);
 }
 
-/// Decimal digits of `n`, without going through `fmt`.
-pub(crate) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
+/// Appends the decimal digits of `n`, without going through `fmt`.
+pub(crate) fn write_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(u64_digits(n, &mut [0; 20]));
+}
+
+/// The decimal digits of `n`, written at the end of `buf` (20 bytes hold `u64::MAX`).
+pub(crate) fn u64_digits(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut start = buf.len();
+    for slot in buf.iter_mut().rev() {
+        // `n % 10` is a single digit, so the cast is exact.
+        *slot = b'0' + (n % 10) as u8;
+        start -= 1;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    out.extend_from_slice(&buf[i..]);
+    buf.get(start..).unwrap_or_default()
 }
 
 #[cfg(test)]
