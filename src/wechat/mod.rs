@@ -9,3 +9,6 @@ pub mod crypto;
 pub mod message;
 pub mod reply;
 pub mod signature;
+
+#[cfg(test)]
+mod testvec;
