@@ -2,6 +2,11 @@
 //!
 //! Errors name the file, the line and the key (`weixin-fcgi.toml:12: account[0].rule[2].reply.type: …`)
 //! and never include secrets (token, EncodingAESKey, AppSecret).
+//!
+//! The file is read as spanned TOML tables rather than serde structs so that every kind of
+//! error (syntax, type, missing or unknown key, bad value, bad template) carries a line.
+//! Unknown keys are errors everywhere except inside a rule's `fields`: a typo must not turn
+//! into a silently ignored setting.
 
 use crate::rules::{Action, ArticleTemplate, Conditions, ReplyTemplate, Rule, Template};
 use crate::wechat::crypto::AesKey;
@@ -153,8 +158,6 @@ impl Config {
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let doc = Doc { text, origin };
-        // Parsed into spanned tables (not serde structs) so that every error — syntax, type,
-        // unknown key, bad value — can name its line and key path the same way.
         let root = DeTable::parse(text).map_err(|e| doc.syntax_error(&e))?;
         let top = Table {
             doc: &doc,
