@@ -55,7 +55,9 @@ struct Outcomes<'a> {
 
 impl App {
     pub fn new(config: Config) -> App {
-        App { config: RwLock::new(Arc::new(config)) }
+        App {
+            config: RwLock::new(Arc::new(config)),
+        }
     }
 
     /// The config in force.
@@ -73,7 +75,10 @@ impl Handler for App {
     fn handle(&self, request: &Request<'_>, response: &mut Response) -> Outcome {
         let started = Instant::now();
         let config = self.config();
-        let mut log = Outcomes { mode: "plain", ..Outcomes::default() };
+        let mut log = Outcomes {
+            mode: "plain",
+            ..Outcomes::default()
+        };
         let result = serve(&config, request, response, &mut log);
         let micros = started.elapsed().as_micros();
         match result {
@@ -155,7 +160,11 @@ fn serve<'c>(
                 if encrypted {
                     log.mode = "aes";
                     let msg_signature = query::get(query, "msg_signature").unwrap_or_default();
-                    let ctx = SafeRequest { timestamp: &timestamp, nonce: &nonce, msg_signature: &msg_signature };
+                    let ctx = SafeRequest {
+                        timestamp: &timestamp,
+                        nonce: &nonce,
+                        msg_signature: &msg_signature,
+                    };
                     post_encrypted(config, account, &ctx, request.body, response, scratch, log)
                 } else {
                     if account.encrypted_only {
@@ -176,14 +185,20 @@ fn refuse(response: &mut Response, status: u16, reason: &'static str) -> Result<
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn timestamp_fresh(timestamp: &[u8], window: u64) -> bool {
     if window == 0 {
         return true;
     }
-    let Some(ts) = std::str::from_utf8(timestamp).ok().and_then(|s| s.parse::<u64>().ok()) else {
+    let Some(ts) = std::str::from_utf8(timestamp)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
         return false;
     };
     now().abs_diff(ts) <= window
@@ -201,7 +216,14 @@ fn post_plain<'c>(
         Ok(m) => m,
         Err(e) => return refuse(response, 400, e.as_str()),
     };
-    let replied = answer(config, account, &msg, &mut scratch.text, &mut response.body, log);
+    let replied = answer(
+        config,
+        account,
+        &msg,
+        &mut scratch.text,
+        &mut response.body,
+        log,
+    );
     finish(response, replied);
     Ok(())
 }
@@ -222,7 +244,11 @@ fn post_encrypted<'c>(
     log: &mut Outcomes<'c>,
 ) -> Result<(), &'static str> {
     let (Some(key), Some(app_id)) = (&account.aes_key, &account.app_id) else {
-        return refuse(response, 400, "encrypted message but the account has no aes_key/app_id");
+        return refuse(
+            response,
+            400,
+            "encrypted message but the account has no aes_key/app_id",
+        );
     };
     let outer = match Message::parse(body) {
         Ok(m) => m,
@@ -232,7 +258,13 @@ fn post_encrypted<'c>(
         return refuse(response, 400, "encrypt_type=aes but no Encrypt element");
     };
     let token = account.token.expose().as_bytes();
-    if !signature::verify_msg(token, ctx.timestamp, ctx.nonce, encrypt.as_bytes(), ctx.msg_signature) {
+    if !signature::verify_msg(
+        token,
+        ctx.timestamp,
+        ctx.nonce,
+        encrypt.as_bytes(),
+        ctx.msg_signature,
+    ) {
         return refuse(response, 403, "msg_signature mismatch");
     }
     let Scratch { text, plain, reply } = scratch;
@@ -241,8 +273,14 @@ fn post_encrypted<'c>(
             Ok(_) => key,
             Err(first) => match &account.previous_aes_key {
                 Some(previous)
-                    if crypto::decrypt(previous, app_id, encrypt.as_bytes(), config.max_body, plain)
-                        .is_ok() =>
+                    if crypto::decrypt(
+                        previous,
+                        app_id,
+                        encrypt.as_bytes(),
+                        config.max_body,
+                        plain,
+                    )
+                    .is_ok() =>
                 {
                     log.mode = "aes-previous-key";
                     previous
@@ -260,7 +298,9 @@ fn post_encrypted<'c>(
         finish(response, false);
         return Ok(());
     }
-    if let Err(e) = crypto::render_encrypted_reply(token, key_used, app_id, reply, now(), &mut response.body) {
+    if let Err(e) =
+        crypto::render_encrypted_reply(token, key_used, app_id, reply, now(), &mut response.body)
+    {
         crate::log_error!("cannot encrypt the reply (no OS randomness?): {e}");
         response.body.clear();
         return refuse(response, 500, "cannot encrypt the reply");
@@ -304,7 +344,10 @@ fn answer<'c>(
     }
     let Some(rule) = rules::find_rule(&account.rules, msg) else {
         log.outcome = "no-rule";
-        crate::log_debug!("no rule matched in account {}; answering success", account.name);
+        crate::log_debug!(
+            "no rule matched in account {}; answering success",
+            account.name
+        );
         return false;
     };
     log.rule = &rule.name;
@@ -314,7 +357,11 @@ fn answer<'c>(
             false
         }
         Action::Reply(template) => {
-            let envelope = Envelope { to_user: msg.from_user(), from_user: msg.to_user(), create_time: now() };
+            let envelope = Envelope {
+                to_user: msg.from_user(),
+                from_user: msg.to_user(),
+                create_time: now(),
+            };
             let limits = Limits {
                 text_max_bytes: config.text_max_bytes,
                 max_articles: if msg.is_event() {
@@ -333,7 +380,9 @@ fn answer<'c>(
 /// A short, non-reversible-at-a-glance id for correlating one user's requests in logs
 /// without logging the OpenID itself (FNV-1a, 32 bits).
 fn short_hash(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// A short copy of a message field for the log line (cut at 32 bytes on a char boundary),

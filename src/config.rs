@@ -1732,7 +1732,7 @@ previous_aes_key = "S3cretKeyabcdefghijklmnopqrstuvwxyz01234567"
     }
 
     #[test]
-    #[ignore = "needs wechat::crypto"]
+
     fn aes_key_accepted() {
         let c = Config::load(&fixture("safe-mode.toml")).unwrap();
         let a = &c.accounts[0];
@@ -1743,7 +1743,7 @@ previous_aes_key = "S3cretKeyabcdefghijklmnopqrstuvwxyz01234567"
     }
 
     #[test]
-    #[ignore = "needs wechat::crypto"]
+
     fn bad_aes_key_never_shown() {
         let cases = [
             (

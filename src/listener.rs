@@ -62,12 +62,18 @@ fn from_systemd() -> io::Result<Option<Acquired>> {
         std::env::remove_var(ENV_LISTEN_FDS);
         std::env::remove_var(ENV_LISTEN_FDNAMES);
     }
-    let pid: u32 = pid.trim().parse().map_err(|_| invalid("LISTEN_PID is not a number"))?;
+    let pid: u32 = pid
+        .trim()
+        .parse()
+        .map_err(|_| invalid("LISTEN_PID is not a number"))?;
     if pid != std::process::id() {
         // Meant for another process (e.g. our parent): not activated.
         return Ok(None);
     }
-    let fds: i32 = fds.trim().parse().map_err(|_| invalid("LISTEN_FDS is not a number"))?;
+    let fds: i32 = fds
+        .trim()
+        .parse()
+        .map_err(|_| invalid("LISTEN_FDS is not a number"))?;
     if fds < 1 {
         return Ok(None);
     }
@@ -78,7 +84,10 @@ fn from_systemd() -> io::Result<Option<Acquired>> {
     // before it is owned, and nothing else in this process refers to it.
     let borrowed = unsafe { BorrowedFd::borrow_raw(SD_LISTEN_FDS_START) };
     let family = check_listening_stream(borrowed).map_err(|e| {
-        io::Error::new(e.kind(), format!("fd 3 from systemd is not a listening stream socket: {e}"))
+        io::Error::new(
+            e.kind(),
+            format!("fd 3 from systemd is not a listening stream socket: {e}"),
+        )
     })?;
     // SAFETY: as above; from here the OwnedFd is the only owner of fd 3.
     let fd = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
@@ -117,7 +126,10 @@ fn check_listening_stream(fd: BorrowedFd<'_>) -> io::Result<AddressFamily> {
         return Err(invalid("socket is not listening"));
     }
     let family = sockopt::socket_domain(fd)?;
-    if family == AddressFamily::UNIX || family == AddressFamily::INET || family == AddressFamily::INET6 {
+    if family == AddressFamily::UNIX
+        || family == AddressFamily::INET
+        || family == AddressFamily::INET6
+    {
         Ok(family)
     } else {
         Err(invalid("socket family is not unix, inet or inet6"))
@@ -165,12 +177,15 @@ fn bind_unix(path: &str, socket_mode: u32) -> io::Result<Acquired> {
             if UnixStream::connect(p).is_ok() {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
-                    format!("{path} is in use by a running process; stop it or choose another path"),
+                    format!(
+                        "{path} is in use by a running process; stop it or choose another path"
+                    ),
                 ));
             }
             // Nobody answers: a stale socket left by a crash. Replace it.
-            std::fs::remove_file(p)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot remove stale socket {path}: {e}")))?;
+            std::fs::remove_file(p).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot remove stale socket {path}: {e}"))
+            })?;
         }
         Ok(_) => {
             return Err(io::Error::new(

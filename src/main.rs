@@ -44,7 +44,10 @@ struct Args {
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
-    let mut args = Args { config: None, listen: None };
+    let mut args = Args {
+        config: None,
+        listen: None,
+    };
     let mut it = std::env::args_os().skip(1);
     while let Some(arg) = it.next() {
         let arg = arg.to_str().ok_or("arguments must be UTF-8")?.to_string();
@@ -83,7 +86,11 @@ fn load_config(args: &Args) -> Result<Config, String> {
         Some(path) => Config::load(path).map_err(|e| e.to_string()),
         None => {
             let token = match std::env::var("WEIXIN_TOKEN") {
-                Ok(t) if !t.is_empty() => t,
+                Ok(t) if !t.is_empty() => {
+                    weixin_fcgi::config::check_token(&t)
+                        .map_err(|e| format!("$WEIXIN_TOKEN: {e}"))?;
+                    t
+                }
                 _ => {
                     log_warn!(
                         "no --config and no $WEIXIN_TOKEN: serving the embedded demo config with \
@@ -152,8 +159,11 @@ fn run(args: Args) -> Result<(), String> {
     };
     let idle_exit = (acquired.socket_activated && config.idle_exit > 0)
         .then(|| Duration::from_secs(config.idle_exit));
-    let accounts: Vec<String> =
-        config.accounts.iter().map(|a| format!("{}={}", a.name, a.path)).collect();
+    let accounts: Vec<String> = config
+        .accounts
+        .iter()
+        .map(|a| format!("{}={}", a.name, a.path))
+        .collect();
     let app = Arc::new(App::new(config));
     let server = Server::start(acquired.listener, server_config, Arc::clone(&app))
         .map_err(|e| format!("cannot start workers: {e}"))?;
@@ -181,7 +191,10 @@ fn run(args: Args) -> Result<(), String> {
         }
         if let Some(limit) = idle_exit {
             if stats.in_flight == 0 && stats.open_conns == 0 && stats.idle_for >= limit {
-                log_info!("idle for {}s: exiting (socket activation restarts on demand)", limit.as_secs());
+                log_info!(
+                    "idle for {}s: exiting (socket activation restarts on demand)",
+                    limit.as_secs()
+                );
                 break;
             }
         }
@@ -189,7 +202,10 @@ fn run(args: Args) -> Result<(), String> {
     notify::notify("STOPPING=1\nSTATUS=stopping");
     let served = handle.stats().served;
     if !server.stop(STOP_DEADLINE) {
-        log_warn!("requests still in flight after {}s; exiting anyway", STOP_DEADLINE.as_secs());
+        log_warn!(
+            "requests still in flight after {}s; exiting anyway",
+            STOP_DEADLINE.as_secs()
+        );
     }
     if let Some(path) = acquired.created_path {
         let _ = std::fs::remove_file(path);
@@ -206,7 +222,10 @@ fn reload_config(app: &App, path: Option<&PathBuf>) {
     match Config::load(path) {
         Ok(new) => {
             let old = app.config();
-            if new.workers != old.workers || new.listen != old.listen || new.max_body != old.max_body {
+            if new.workers != old.workers
+                || new.listen != old.listen
+                || new.max_body != old.max_body
+            {
                 log_warn!(
                     "SIGHUP: workers, listen, max_body, max_conns and io_timeout take effect only \
                      after a restart"

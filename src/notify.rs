@@ -17,7 +17,9 @@ pub fn init() {
 
 /// Sends `state` (e.g. `"READY=1\nSTATUS=serving"`). Errors are ignored: notification is advisory.
 pub fn notify(state: &str) {
-    let Some(Some((sock, path))) = SOCKET.get() else { return };
+    let Some(Some((sock, path))) = SOCKET.get() else {
+        return;
+    };
     if let Some(name) = path.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
         if let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()) {

@@ -24,7 +24,10 @@ pub fn decode(s: &[u8]) -> Cow<'_, [u8]> {
     while i < s.len() {
         match s[i] {
             b'+' => out.push(b' '),
-            b'%' => match (s.get(i + 1).and_then(|&h| hex(h)), s.get(i + 2).and_then(|&l| hex(l))) {
+            b'%' => match (
+                s.get(i + 1).and_then(|&h| hex(h)),
+                s.get(i + 2).and_then(|&l| hex(l)),
+            ) {
                 (Some(h), Some(l)) => {
                     out.push(h << 4 | l);
                     i += 2;

@@ -534,7 +534,7 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs wechat::message"]
+
     fn render_fields() {
         let m = msg(&[
             ("ToUserName", "gh_account"),
@@ -564,7 +564,7 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs wechat::message"]
+
     fn render_nested_field() {
         let m = Message::from_nodes(vec![
             Node {
@@ -605,7 +605,7 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs wechat::message"]
+
     fn conditions_table() {
         let text = msg(&[("MsgType", "text"), ("Content", "echo hello price")]);
         let empty_text = msg(&[("MsgType", "text"), ("Content", "")]);
@@ -798,7 +798,7 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs wechat::message"]
+
     fn first_match_wins() {
         let rules = [
             rule("welcome", cond(|c| c.event = s("subscribe"))),
@@ -845,7 +845,7 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs wechat::reply"]
+
     fn reply_text_renders_through_cdata() {
         let m = msg(&[("MsgType", "text"), ("Content", "a]]><x/>{Content}")]);
         let reply = ReplyTemplate::Text {
@@ -870,7 +870,7 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs wechat::reply"]
+
     fn reply_every_kind() {
         let m = msg(&[("MsgType", "image"), ("MediaId", "m1"), ("Title", "T")]);
         let cases: Vec<(ReplyTemplate, &[&str])> = vec![
@@ -941,7 +941,7 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs wechat::reply"]
+
     fn reply_news_respects_max_articles() {
         let article = |n: &str| ArticleTemplate {
             title: t(&format!("{n} {{Event}}")),
@@ -968,7 +968,7 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs wechat::reply"]
+
     fn reply_reuses_scratch() {
         let m = msg(&[("MsgType", "text"), ("Content", "hi")]);
         let reply = ReplyTemplate::Text {

@@ -39,7 +39,8 @@ impl Handler for Echo {
         }
         resp.set_content_type("text/x-test");
         resp.add_header("X-Evil\r\nInjected", "a\r\nb");
-        resp.body.extend_from_slice(req.param("REQUEST_METHOD").unwrap_or(b"?"));
+        resp.body
+            .extend_from_slice(req.param("REQUEST_METHOD").unwrap_or(b"?"));
         resp.body.push(b' ');
         resp.body.extend_from_slice(req.body);
         Outcome::Done
@@ -71,9 +72,16 @@ fn start(config: ServerConfig) -> Fixture {
     std::fs::create_dir_all(&dir).unwrap();
     let path = format!("{dir}/s.sock");
     let listener = UnixListener::bind(&path).unwrap();
-    let handler = Arc::new(Echo { calls: AtomicUsize::new(0) });
+    let handler = Arc::new(Echo {
+        calls: AtomicUsize::new(0),
+    });
     let server = Server::start(Listener::Unix(listener), config, Arc::clone(&handler)).unwrap();
-    Fixture { path, _dir: TempDir(dir), handler, server: Some(server) }
+    Fixture {
+        path,
+        _dir: TempDir(dir),
+        handler,
+        server: Some(server),
+    }
 }
 
 fn small() -> ServerConfig {
@@ -102,13 +110,19 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         if let Some(s) = self.server.take() {
-            assert!(s.stop(Duration::from_secs(2)), "server did not stop cleanly");
+            assert!(
+                s.stop(Duration::from_secs(2)),
+                "server did not stop cleanly"
+            );
         }
     }
 }
 
 fn params(uri: &str) -> Vec<(&'static str, &[u8])> {
-    vec![("REQUEST_METHOD", b"POST" as &[u8]), ("DOCUMENT_URI", uri.as_bytes())]
+    vec![
+        ("REQUEST_METHOD", b"POST" as &[u8]),
+        ("DOCUMENT_URI", uri.as_bytes()),
+    ]
 }
 
 /// Reads until EOF (or timeout) and returns all records.
@@ -141,7 +155,10 @@ fn answers_a_request_with_cgi_headers() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("Content-Type"), Some("text/x-test"));
     assert_eq!(r.body, b"POST hello");
-    assert_eq!((r.app_status, r.protocol_status), (0, protocol_status::REQUEST_COMPLETE));
+    assert_eq!(
+        (r.app_status, r.protocol_status),
+        (0, protocol_status::REQUEST_COMPLETE)
+    );
     // CR/LF cannot inject a header.
     assert_eq!(r.header("X-EvilInjected"), Some("ab"));
     assert_eq!(r.header("Injected"), None);
@@ -178,7 +195,11 @@ fn idle_kept_alive_connections_do_not_pin_workers() {
     }
     let r = f.get("/x", b"fresh");
     assert_eq!(r.body, b"POST fresh");
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -213,7 +234,12 @@ fn get_values_unknown_type_and_role() {
     let f = start(small());
     let mut s = f.connect();
     let mut q = Vec::new();
-    for name in ["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS", "NOT_A_VAR"] {
+    for name in [
+        "FCGI_MAX_CONNS",
+        "FCGI_MAX_REQS",
+        "FCGI_MPXS_CONNS",
+        "NOT_A_VAR",
+    ] {
         record::write_pair(&mut q, name.as_bytes(), b"");
     }
     let mut out = Vec::new();
@@ -235,7 +261,10 @@ fn get_values_unknown_type_and_role() {
         ]
     );
     assert_eq!((recs[1].0.kind, recs[1].1[0]), (kind::UNKNOWN_TYPE, 42));
-    assert_eq!((recs[2].0.kind, recs[2].0.request_id), (kind::END_REQUEST, 5));
+    assert_eq!(
+        (recs[2].0.kind, recs[2].0.request_id),
+        (kind::END_REQUEST, 5)
+    );
     assert_eq!(recs[2].1[4], protocol_status::UNKNOWN_ROLE);
     assert_eq!(f.handler.calls.load(Ordering::SeqCst), 0);
 }
@@ -251,14 +280,21 @@ fn a_second_concurrent_request_is_refused_cant_mpx_conn() {
     out.extend_from_slice(&rest[16..]); // skip request 1's BEGIN_REQUEST, already sent
     s.write_all(&out).unwrap();
     let recs = read_records(&mut s);
-    let end2 = recs.iter().find(|(h, _)| h.kind == kind::END_REQUEST && h.request_id == 2).unwrap();
+    let end2 = recs
+        .iter()
+        .find(|(h, _)| h.kind == kind::END_REQUEST && h.request_id == 2)
+        .unwrap();
     assert_eq!(end2.1[4], protocol_status::CANT_MPX_CONN);
     let stdout: Vec<u8> = recs
         .iter()
         .filter(|(h, _)| h.kind == kind::STDOUT && h.request_id == 1)
         .flat_map(|(_, c)| c.clone())
         .collect();
-    assert!(stdout.ends_with(b"POST one"), "{}", String::from_utf8_lossy(&stdout));
+    assert!(
+        stdout.ends_with(b"POST one"),
+        "{}",
+        String::from_utf8_lossy(&stdout)
+    );
 }
 
 #[test]
@@ -299,7 +335,12 @@ fn hostile_input_closes_only_that_connection() {
     cases.push(("wrong version", wrong_version));
     let mut huge_pair = Vec::new();
     record::write_begin_request(&mut huge_pair, 1, record::ROLE_RESPONDER, 0);
-    record::write_stream(&mut huge_pair, kind::PARAMS, 1, &[0xff, 0xff, 0xff, 0xff, 1, b'a']);
+    record::write_stream(
+        &mut huge_pair,
+        kind::PARAMS,
+        1,
+        &[0xff, 0xff, 0xff, 0xff, 1, b'a'],
+    );
     record::write_stream_end(&mut huge_pair, kind::PARAMS, 1);
     cases.push(("pair length 2 GiB", huge_pair));
     let mut giant_params = Vec::new();
@@ -345,7 +386,8 @@ fn truncated_and_stalled_requests_time_out() {
     assert_eq!(f.get("/x", b"ok").body, b"POST ok");
     // A peer that hangs up mid-request does not disturb anything either.
     let mut s = f.connect();
-    s.write_all(&client::encode_request(1, &params("/x"), b"body", false)[..20]).unwrap();
+    s.write_all(&client::encode_request(1, &params("/x"), b"body", false)[..20])
+        .unwrap();
     drop(s);
     assert_eq!(f.get("/x", b"ok2").body, b"POST ok2");
 }
@@ -361,7 +403,10 @@ fn handler_panic_is_a_500_and_workers_survive() {
 
 #[test]
 fn deferred_responses_do_not_block_workers() {
-    let f = start(ServerConfig { workers: 1, ..small() });
+    let f = start(ServerConfig {
+        workers: 1,
+        ..small()
+    });
     let path = f.path.clone();
     let later = std::thread::spawn(move || {
         let mut s = UnixStream::connect(&path).unwrap();
@@ -382,7 +427,10 @@ fn deferred_responses_do_not_block_workers() {
 
 #[test]
 fn max_conns_refuses_extra_connections() {
-    let f = start(ServerConfig { max_conns: 3, ..small() });
+    let f = start(ServerConfig {
+        max_conns: 3,
+        ..small()
+    });
     let mut held: Vec<UnixStream> = (0..3).map(|_| f.connect()).collect();
     for s in &mut held {
         client::request(s, 1, &params("/x"), b"", true).unwrap();

@@ -28,7 +28,10 @@ pub struct ClientResponse {
 impl ClientResponse {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -165,13 +168,15 @@ fn parse_cgi(stdout: &[u8], response: &mut ClientResponse) -> io::Result<()> {
     if stdout.is_empty() {
         return Ok(());
     }
-    let (head, body) = match find(stdout, b"\r\n\r\n") {
-        Some(i) => (&stdout[..i], &stdout[i + 4..]),
-        None => match find(stdout, b"\n\n") {
-            Some(i) => (&stdout[..i], &stdout[i + 2..]),
-            None => return Err(bad("CGI response without a blank line after the headers")),
-        },
+    // The head ends at the first blank line, whichever line ending it uses.
+    let crlf = find(stdout, b"\r\n\r\n").map(|i| (i, 4));
+    let lf = find(stdout, b"\n\n").map(|i| (i, 2));
+    let (at, sep) = match (crlf, lf) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => return Err(bad("CGI response without a blank line after the headers")),
     };
+    let (head, body) = (&stdout[..at], &stdout[at + sep..]);
     let head = std::str::from_utf8(head).map_err(|_| bad("CGI headers are not UTF-8"))?;
     for line in head.lines() {
         let Some((name, value)) = line.split_once(':') else {
@@ -200,7 +205,11 @@ mod tests {
     #[test]
     fn parses_cgi_heads() {
         let mut r = ClientResponse::default();
-        parse_cgi(b"Status: 403 Forbidden\r\nContent-Type: text/plain\r\n\r\nno", &mut r).unwrap();
+        parse_cgi(
+            b"Status: 403 Forbidden\r\nContent-Type: text/plain\r\n\r\nno",
+            &mut r,
+        )
+        .unwrap();
         assert_eq!(r.status, 403);
         assert_eq!(r.header("content-type"), Some("text/plain"));
         assert_eq!(r.body, b"no");

@@ -244,7 +244,8 @@ impl Response {
     /// inject a header or end the head early.
     pub fn add_header(&mut self, name: &str, value: &str) {
         let clean = |b: &u8| !matches!(b, b'\r' | b'\n' | 0);
-        self.headers.extend(name.bytes().filter(|b| clean(b) && *b != b':'));
+        self.headers
+            .extend(name.bytes().filter(|b| clean(b) && *b != b':'));
         self.headers.extend_from_slice(b": ");
         self.headers.extend(value.bytes().filter(clean));
         self.headers.extend_from_slice(b"\r\n");
@@ -338,13 +339,20 @@ impl Pending {
     }
 
     fn send(&mut self, response: &Response) {
-        let Some(mut conn) = self.conn.take() else { return };
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
         let mut cgi = Vec::with_capacity(response.body.len() + 128);
         response.write_cgi(&mut cgi);
         let mut out = Vec::with_capacity(cgi.len() + 32);
         record::write_stream(&mut out, kind::STDOUT, self.request_id, &cgi);
         record::write_stream_end(&mut out, kind::STDOUT, self.request_id);
-        record::write_end_request(&mut out, self.request_id, 0, protocol_status::REQUEST_COMPLETE);
+        record::write_end_request(
+            &mut out,
+            self.request_id,
+            0,
+            protocol_status::REQUEST_COMPLETE,
+        );
         let deadline = Instant::now() + self.shared.config.io_timeout;
         let written = write_all(&mut conn, &out, deadline);
         self.shared.request_done();
@@ -352,7 +360,9 @@ impl Pending {
             Ok(()) if self.keep_conn => self.shared.park(conn, self.registered),
             Ok(()) => self.shared.close(conn),
             Err(e) => {
-                crate::log_warn!("fastcgi: closing connection while writing a deferred response: {e}");
+                crate::log_warn!(
+                    "fastcgi: closing connection while writing a deferred response: {e}"
+                );
                 self.shared.close(conn);
             }
         }
@@ -536,7 +546,12 @@ impl Server {
             epoll::EventData::new_u64(TOKEN_LISTENER),
             epoll::EventFlags::IN,
         )?;
-        epoll::add(&epoll, &wake, epoll::EventData::new_u64(TOKEN_WAKE), epoll::EventFlags::IN)?;
+        epoll::add(
+            &epoll,
+            &wake,
+            epoll::EventData::new_u64(TOKEN_WAKE),
+            epoll::EventFlags::IN,
+        )?;
         let workers = config.workers.max(1);
         let shared = Arc::new(Shared {
             config,
@@ -566,7 +581,9 @@ impl Server {
     }
 
     pub fn handle(&self) -> ServerHandle {
-        ServerHandle { shared: Arc::clone(&self.shared) }
+        ServerHandle {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Stops accepting, closes idle connections, lets requests in flight finish until
@@ -666,7 +683,11 @@ impl<H: Handler> Worker<H> {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(1);
         loop {
             events.clear();
-            match epoll::wait(&self.shared.epoll, rustix::buffer::spare_capacity(&mut events), None) {
+            match epoll::wait(
+                &self.shared.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                None,
+            ) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
@@ -792,7 +813,9 @@ impl<H: Handler> Worker<H> {
                     Ok(p) => p,
                     Err(e) => return malformed(e),
                 };
-                let Parsed::Complete((header, _), used) = parsed else { break };
+                let Parsed::Complete((header, _), used) = parsed else {
+                    break;
+                };
                 let content = self.start + record::HEADER_LEN
                     ..self.start + record::HEADER_LEN + header.content_len as usize;
                 self.start += used;
@@ -823,7 +846,8 @@ impl<H: Handler> Worker<H> {
                     Ok(Parsed::Partial) => record::HEADER_LEN,
                     Err(e) => return malformed(e),
                 };
-                self.read_buf.resize(needed.clamp(READ_BUF, record::MAX_RECORD), 0);
+                self.read_buf
+                    .resize(needed.clamp(READ_BUF, record::MAX_RECORD), 0);
             }
             let deadline = if idle { None } else { Some(state.deadline) };
             match read_some(stream, &mut self.read_buf[self.end..], deadline) {
@@ -905,7 +929,12 @@ impl<H: Handler> Worker<H> {
             }
             kind::ABORT_REQUEST => {
                 if active {
-                    record::write_end_request(&mut self.out, id, 1, protocol_status::REQUEST_COMPLETE);
+                    record::write_end_request(
+                        &mut self.out,
+                        id,
+                        1,
+                        protocol_status::REQUEST_COMPLETE,
+                    );
                     state.phase = Phase::Idle;
                     self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                     self.shared.touch();
@@ -937,7 +966,9 @@ impl<H: Handler> Worker<H> {
                 if content.is_empty() {
                     return self.respond(state);
                 }
-                if state.discarded > 0 || self.body.len() + content.len() > self.shared.config.max_body {
+                if state.discarded > 0
+                    || self.body.len() + content.len() > self.shared.config.max_body
+                {
                     state.discarded += content.len();
                     if state.discarded > MAX_DISCARD {
                         crate::log_warn!("fastcgi: closing connection: body far over max_body");
@@ -976,7 +1007,13 @@ impl<H: Handler> Worker<H> {
             record::write_pair(&mut result, name, value);
         }
         result.truncate(record::MAX_CONTENT);
-        record::write_header(&mut self.out, kind::GET_VALUES_RESULT, 0, result.len() as u16, 0);
+        record::write_header(
+            &mut self.out,
+            kind::GET_VALUES_RESULT,
+            0,
+            result.len() as u16,
+            0,
+        );
         self.out.extend_from_slice(&result);
     }
 
@@ -991,14 +1028,26 @@ impl<H: Handler> Worker<H> {
                 let start = (s.as_ptr() as usize - base) as u32;
                 (start, start + s.len() as u32)
             };
-            self.index.push(ParamIndex { name: offset(name), value: offset(value) });
+            self.index.push(ParamIndex {
+                name: offset(name),
+                value: offset(value),
+            });
         }
         Ok(())
     }
 
     /// STDIN is complete: call the handler and queue its response.
     fn respond(&mut self, state: &mut RequestState) -> Step {
-        let Worker { handler, params, index, body, response, cgi, out, .. } = self;
+        let Worker {
+            handler,
+            params,
+            index,
+            body,
+            response,
+            cgi,
+            out,
+            ..
+        } = self;
         response.reset();
         let outcome = if state.discarded > 0 {
             crate::log_warn!(
@@ -1009,7 +1058,11 @@ impl<H: Handler> Worker<H> {
             response.plain(413, "request body too large\n");
             Outcome::Done
         } else {
-            let request = Request { stream: params, index, body };
+            let request = Request {
+                stream: params,
+                index,
+                body,
+            };
             match catch_unwind(AssertUnwindSafe(|| handler.handle(&request, response))) {
                 Ok(outcome) => outcome,
                 Err(_) => {
@@ -1038,7 +1091,11 @@ impl<H: Handler> Worker<H> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let result = write_all(stream, &self.out, Instant::now() + self.shared.config.io_timeout);
+        let result = write_all(
+            stream,
+            &self.out,
+            Instant::now() + self.shared.config.io_timeout,
+        );
         self.out.clear();
         result
     }
@@ -1083,7 +1140,10 @@ fn wait_ready(stream: &Stream, flags: PollFlags, deadline: Instant) -> io::Resul
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out (io_timeout)"));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "timed out (io_timeout)",
+            ));
         }
         let timeout = rustix::time::Timespec {
             tv_sec: left.as_secs() as i64,

@@ -1,0 +1,483 @@
+//! Shared test harness: temp dirs, the real `weixin-fcgi` binary on a temp socket, a real
+//! nginx on a free loopback port that includes the repo's `nginx/weixin.conf` verbatim, a
+//! minimal HTTP/1.1 client, and WeChat request signing.
+//!
+//! Tests needing nginx or cgi-fcgi expect them installed: `bash tests/run.sh` installs them.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_weixin-fcgi")
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wxfcgi-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Waits until `cond` holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+/// Fails with a clear message when a system tool is missing.
+pub fn require_tool(name: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false)
+        || Path::new("/usr/sbin").join(name).is_file();
+    assert!(
+        found,
+        "{name} is not installed: run `bash tests/run.sh`, which installs it"
+    );
+}
+
+/// A running `weixin-fcgi` on a temp Unix socket, killed on drop.
+pub struct Responder {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub dir: TempDir,
+}
+
+impl Responder {
+    /// Writes `config_toml` and starts the binary with `--config` and `--listen`.
+    pub fn start(config_toml: &str) -> Responder {
+        let dir = TempDir::new("responder");
+        let config = dir.join("weixin-fcgi.toml");
+        std::fs::write(&config, config_toml).expect("write config");
+        let socket = dir.join("weixin-fcgi.sock");
+        let log = dir.join("stderr.log");
+        let child = Command::new(bin())
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn weixin-fcgi");
+        let r = Responder {
+            child,
+            socket,
+            config,
+            log,
+            dir,
+        };
+        assert!(
+            wait_for(Duration::from_secs(10), || r.socket.exists()),
+            "weixin-fcgi did not create its socket; stderr:\n{}",
+            r.stderr()
+        );
+        r
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// VmRSS / VmHWM of the process in KiB.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        rss_kib(self.pid())
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+        assert!(
+            ok.map(|s| s.success()).unwrap_or(false),
+            "kill -{sig} failed"
+        );
+    }
+
+    /// True while the process has not exited.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// VmRSS and VmHWM (peak) of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A free loopback TCP port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+/// A real nginx on 127.0.0.1 with the repo's `nginx/weixin.conf` included verbatim and an
+/// upstream `weixin_fcgi` pointing at `socket`.
+pub struct Nginx {
+    pub port: u16,
+    pub dir: TempDir,
+    child: Child,
+}
+
+impl Nginx {
+    /// `keepalive`: the upstream keeps idle connections (as the shipped weixin-upstream.conf);
+    /// without it every request opens a new connection.
+    pub fn start(socket: &Path, keepalive: bool) -> Nginx {
+        Self::start_with(socket, keepalive, "")
+    }
+
+    /// Like [`Nginx::start`], with extra directives in the `server {}` block.
+    pub fn start_with(socket: &Path, keepalive: bool, extra_server: &str) -> Nginx {
+        require_tool("nginx");
+        let dir = TempDir::new("nginx");
+        let port = free_port();
+        for sub in ["logs", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("nginx dirs");
+        }
+        // The snippet says `include fastcgi_params;`, resolved next to nginx.conf, as in /etc/nginx.
+        std::fs::copy("/etc/nginx/fastcgi_params", dir.join("fastcgi_params"))
+            .expect("/etc/nginx/fastcgi_params (Debian's nginx-common)");
+        let snippet = repo().join("nginx/weixin.conf");
+        let keep = if keepalive {
+            "keepalive 8; keepalive_timeout 4s;"
+        } else {
+            ""
+        };
+        let user = if is_root() { "user root;" } else { "" };
+        let conf = format!(
+            "{user}
+worker_processes 1;
+daemon off;
+master_process off;
+pid {dir}/nginx.pid;
+error_log {dir}/logs/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/tmp/body;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    proxy_temp_path {dir}/tmp/proxy;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    upstream weixin_fcgi {{ server unix:{socket}; {keep} }}
+    server {{
+        listen 127.0.0.1:{port};
+        {extra_server}
+        include {snippet};
+    }}
+}}
+",
+            dir = dir.path().display(),
+            socket = socket.display(),
+            snippet = snippet.display(),
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("write nginx.conf");
+        let child = Command::new(nginx_bin())
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.join("logs/error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        let n = Nginx { port, dir, child };
+        assert!(
+            wait_for(Duration::from_secs(10), || TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "nginx did not start; error.log:\n{}",
+            n.error_log()
+        );
+        n
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default()
+    }
+
+    /// Sends an HTTP request to `path_and_query`.
+    pub fn request(&self, method: &str, path_and_query: &str, body: &[u8]) -> HttpResponse {
+        http(self.port, method, path_and_query, body)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nginx_bin() -> &'static str {
+    if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.to_string())
+        })
+        .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        .unwrap_or(false)
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close` to 127.0.0.1:`port`.
+pub fn http(port: u16, method: &str, path_and_query: &str, body: &[u8]) -> HttpResponse {
+    try_http(port, method, path_and_query, body).expect("HTTP request")
+}
+
+/// Like [`http`], returning errors instead of panicking (for load loops).
+pub fn try_http(
+    port: u16,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!(
+        "{method} {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_http(&raw)
+}
+
+fn parse_http(raw: &[u8]) -> std::io::Result<HttpResponse> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("head not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_str = std::str::from_utf8(&b[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
+/// Seconds since the epoch, as WeChat sends `timestamp`.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `hex(sha1(concat(sort(parts))))`, computed here with the `sha1` crate directly (not the
+/// project's own function), so a sorting or hex bug in the project cannot cancel out.
+pub fn sign(parts: &[&str]) -> String {
+    use sha1::{Digest, Sha1};
+    let mut v: Vec<&str> = parts.to_vec();
+    v.sort();
+    let mut h = Sha1::new();
+    for p in v {
+        h.update(p.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// A query string WeChat would send for a POST to an account with `token`.
+pub fn signed_query(token: &str) -> String {
+    let ts = now().to_string();
+    let nonce = format!("{}", now() % 1_000_000 + 17);
+    let sig = sign(&[token, &ts, &nonce]);
+    format!("signature={sig}&timestamp={ts}&nonce={nonce}&openid=oUser")
+}
+
+/// A text message from `oUser` to `gh_test` as WeChat sends it.
+pub fn text_message(content: &str) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[gh_test]]></ToUserName><FromUserName><![CDATA[oUser]]></FromUserName>\
+         <CreateTime>{}</CreateTime><MsgType><![CDATA[text]]></MsgType>\
+         <Content><![CDATA[{}]]></Content><MsgId>1234567890123456</MsgId></xml>",
+        now(),
+        content.replace("]]>", "]]]]><![CDATA[>")
+    )
+}
+
+/// An event message (`Event` = `event`, optional `EventKey`).
+pub fn event_message(event: &str, key: Option<&str>) -> String {
+    let key = key
+        .map(|k| format!("<EventKey><![CDATA[{k}]]></EventKey>"))
+        .unwrap_or_default();
+    format!(
+        "<xml><ToUserName><![CDATA[gh_test]]></ToUserName><FromUserName><![CDATA[oUser]]></FromUserName>\
+         <CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+         <Event><![CDATA[{event}]]></Event>{key}</xml>",
+        now()
+    )
+}
+
+/// Value of the first `<name>` element in `xml` (CDATA sections joined), for checking replies.
+/// Deliberately independent of the project's parser.
+pub fn xml_field(xml: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&close)?;
+    let inner = &xml[start..end];
+    let mut out = String::new();
+    let mut rest = inner;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("<![CDATA[") {
+            let e = r.find("]]>")?;
+            out.push_str(&r[..e]);
+            rest = &r[e + 3..];
+        } else {
+            let e = rest.find("<![CDATA[").unwrap_or(rest.len());
+            out.push_str(&rest[..e]);
+            rest = &rest[e..];
+        }
+    }
+    Some(out)
+}
+
+/// A minimal config with one account at `/weixin` and the given rules appended.
+pub fn config_with_rules(token: &str, rules: &str) -> String {
+    format!(
+        "workers = 2\nlog_level = \"info\"\n\n[[account]]\nname = \"test\"\npath = \"/weixin\"\n\
+         token = \"{token}\"\n\n{rules}"
+    )
+}
