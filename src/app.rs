@@ -268,27 +268,26 @@ fn post_encrypted<'c>(
         return refuse(response, 403, "msg_signature mismatch");
     }
     let Scratch { text, plain, reply } = scratch;
-    let key_used: &AesKey =
-        match crypto::decrypt(key, app_id, encrypt.as_bytes(), config.max_body, plain) {
-            Ok(_) => key,
-            Err(first) => match &account.previous_aes_key {
-                Some(previous)
-                    if crypto::decrypt(
-                        previous,
-                        app_id,
-                        encrypt.as_bytes(),
-                        config.max_body,
-                        plain,
-                    )
-                    .is_ok() =>
-                {
-                    log.mode = "aes-previous-key";
-                    previous
-                }
-                _ => return refuse(response, 400, first.as_str()),
-            },
-        };
-    let msg = match Message::parse(plain) {
+    // Current key first, then the one before the last rotation; the reply uses the key that worked.
+    let mut attempt = |k: &AesKey| {
+        crypto::decrypt(k, app_id, encrypt.as_bytes(), config.max_body, plain)
+            .map(|m| (m.as_ptr() as usize, m.len()))
+    };
+    let (key_used, at, len) = match attempt(key) {
+        Ok((at, len)) => (key, at, len),
+        Err(first) => match account.previous_aes_key.as_ref().map(|p| (p, attempt(p))) {
+            Some((previous, Ok((at, len)))) => {
+                log.mode = "aes-previous-key";
+                (previous, at, len)
+            }
+            _ => return refuse(response, 400, first.as_str()),
+        },
+    };
+    let offset = at - plain.as_ptr() as usize;
+    let Some(inner) = plain.get(offset..offset + len) else {
+        return refuse(response, 500, "decrypted message out of range");
+    };
+    let msg = match Message::parse(inner) {
         Ok(m) => m,
         Err(e) => return refuse(response, 400, e.as_str()),
     };
