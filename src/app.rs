@@ -268,27 +268,30 @@ fn post_encrypted<'c>(
         return refuse(response, 403, "msg_signature mismatch");
     }
     let Scratch { text, plain, reply } = scratch;
-    let key_used: &AesKey =
+    // `decrypt` returns the message borrowed from `plain`, which still holds the whole block
+    // (random(16) ‖ len(4) ‖ msg ‖ AppID ‖ padding); keep only the message's length here.
+    let (key_used, msg_len): (&AesKey, usize) =
         match crypto::decrypt(key, app_id, encrypt.as_bytes(), config.max_body, plain) {
-            Ok(_) => key,
+            Ok(m) => (key, m.len()),
             Err(first) => match &account.previous_aes_key {
-                Some(previous)
-                    if crypto::decrypt(
-                        previous,
-                        app_id,
-                        encrypt.as_bytes(),
-                        config.max_body,
-                        plain,
-                    )
-                    .is_ok() =>
-                {
-                    log.mode = "aes-previous-key";
-                    previous
-                }
-                _ => return refuse(response, 400, first.as_str()),
+                Some(previous) => match crypto::decrypt(
+                    previous,
+                    app_id,
+                    encrypt.as_bytes(),
+                    config.max_body,
+                    plain,
+                ) {
+                    Ok(m) => {
+                        log.mode = "aes-previous-key";
+                        (previous, m.len())
+                    }
+                    Err(_) => return refuse(response, 400, first.as_str()),
+                },
+                None => return refuse(response, 400, first.as_str()),
             },
         };
-    let msg = match Message::parse(plain) {
+    let inner = plain.get(20..20 + msg_len).unwrap_or_default();
+    let msg = match Message::parse(inner) {
         Ok(m) => m,
         Err(e) => return refuse(response, 400, e.as_str()),
     };
