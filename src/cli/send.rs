@@ -735,9 +735,9 @@ fn finish_post(
                     "bad reply signature: MsgSignature does not match sha1(sort(token, TimeStamp, Nonce, Encrypt))",
                 ));
             }
-            crypto::decrypt(key, app_id, encrypt.as_bytes(), MAX_REPLY, &mut plain)
+            let inner_xml = crypto::decrypt(key, app_id, encrypt.as_bytes(), MAX_REPLY, &mut plain)
                 .map_err(|e| failed(format!("cannot decrypt the reply: {e}")))?;
-            let inner = Message::parse(&plain)
+            let inner = Message::parse(inner_xml)
                 .map_err(|e| failed(format!("malformed decrypted reply XML: {e}")))?;
             ("safe (reply signature ok, decrypted)", inner)
         }
