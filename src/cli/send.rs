@@ -100,6 +100,7 @@ struct Credentials {
 }
 
 /// Where the request goes.
+#[derive(Debug)]
 enum Target {
     FastCgi(String),
     Http { host_port: String },
@@ -131,6 +132,7 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
+#[derive(Debug)]
 enum Failure {
     /// Bad arguments (exit 2).
     Usage(String),
