@@ -138,12 +138,15 @@ pub fn report(config: &Config) -> (String, Vec<String>) {
     let mut out = String::new();
     let _ = writeln!(out, "config {}", config.origin);
     match &config.listen {
-        Some(l) => {
+        Some(l) if l.starts_with("unix:") || l.contains('/') => {
             let _ = writeln!(
                 out,
                 "listen {l} (socket mode {:04o}; ignored under socket activation)",
                 config.socket_mode
             );
+        }
+        Some(l) => {
+            let _ = writeln!(out, "listen {l} (ignored under socket activation)");
         }
         None => {
             let _ = writeln!(
