@@ -32,7 +32,7 @@ USAGE:
 
 KINDS:
     verify                      the GET URL-verification handshake (checks echostr comes back)
-    text \"CONTENT\"              a text message
+    text \"CONTENT\"              a text message (write `text -- \"-1\"` for text starting with -)
     image                       an image message (--pic-url, --media-id)
     voice                       a voice message (--media-id, --recognition \"TEXT\")
     location                    a location message (Guangzhou, scale 20)
