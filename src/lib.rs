@@ -8,6 +8,7 @@
 //! - [`app`]: the FastCGI handler that wires a request through an account's rules.
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod fastcgi;
 pub mod listener;

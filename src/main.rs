@@ -22,6 +22,10 @@ weixin-fcgi — a FastCGI responder for WeChat Official Account callbacks
 
 USAGE:
     weixin-fcgi [--config FILE] [--listen ADDR]   serve
+    weixin-fcgi send [OPTIONS] KIND [ARGS…]       play WeChat: send a signed message to a
+                                                  responder and show its reply (send --help)
+    weixin-fcgi check [--config FILE]             validate a config, summarize it, warn
+                                                  (check --help)
     weixin-fcgi --help | --version
 
 OPTIONS:
@@ -114,6 +118,14 @@ fn load_config(args: &Args) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    match argv.get(1).map(String::as_str) {
+        Some("send") => return weixin_fcgi::cli::send::main(argv.get(2..).unwrap_or_default()),
+        Some("check") => return weixin_fcgi::cli::check::main(argv.get(2..).unwrap_or_default()),
+        _ => {}
+    }
     let args = match parse_args() {
         Ok(Some(a)) => a,
         Ok(None) => return ExitCode::SUCCESS,

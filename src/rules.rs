@@ -218,9 +218,33 @@ impl Template {
         })
     }
 
+    /// Bytes of the literal pieces alone: a lower bound of the rendered length (for `check`).
+    pub fn literal_len(&self) -> usize {
+        self.pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Literal(s) => s.len(),
+                Piece::Field(_) => 0,
+            })
+            .sum()
+    }
+
     /// True for the empty template (`""`), which always renders empty.
     pub fn is_empty(&self) -> bool {
         self.pieces.is_empty()
+    }
+}
+
+/// The template as it would be written in the config (`{Field}`, literal braces doubled).
+impl std::fmt::Display for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for piece in &self.pieces {
+            match piece {
+                Piece::Literal(s) => f.write_str(&s.replace('{', "{{").replace('}', "}}"))?,
+                Piece::Field(name) => write!(f, "{{{name}}}")?,
+            }
+        }
+        Ok(())
     }
 }
 
