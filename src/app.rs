@@ -268,27 +268,32 @@ fn post_encrypted<'c>(
         return refuse(response, 403, "msg_signature mismatch");
     }
     let Scratch { text, plain, reply } = scratch;
-    let key_used: &AesKey =
+    // `decrypt` returns the inner message as a slice of `plain` (which also holds the random
+    // prefix, the length field and the AppID): remember where it is, then re-borrow it.
+    let at = |m: &[u8]| (m.as_ptr() as usize, m.len());
+    let (key_used, (msg_ptr, msg_len)): (&AesKey, _) =
         match crypto::decrypt(key, app_id, encrypt.as_bytes(), config.max_body, plain) {
-            Ok(_) => key,
+            Ok(m) => (key, at(m)),
             Err(first) => match &account.previous_aes_key {
-                Some(previous)
-                    if crypto::decrypt(
-                        previous,
-                        app_id,
-                        encrypt.as_bytes(),
-                        config.max_body,
-                        plain,
-                    )
-                    .is_ok() =>
-                {
-                    log.mode = "aes-previous-key";
-                    previous
-                }
-                _ => return refuse(response, 400, first.as_str()),
+                Some(previous) => match crypto::decrypt(
+                    previous,
+                    app_id,
+                    encrypt.as_bytes(),
+                    config.max_body,
+                    plain,
+                ) {
+                    Ok(m) => {
+                        log.mode = "aes-previous-key";
+                        (previous, at(m))
+                    }
+                    Err(_) => return refuse(response, 400, first.as_str()),
+                },
+                None => return refuse(response, 400, first.as_str()),
             },
         };
-    let msg = match Message::parse(plain) {
+    let start = msg_ptr - plain.as_ptr() as usize;
+    let inner = plain.get(start..start + msg_len).unwrap_or_default();
+    let msg = match Message::parse(inner) {
         Ok(m) => m,
         Err(e) => return refuse(response, 400, e.as_str()),
     };
