@@ -10,6 +10,10 @@ AES-256-CBC with key = b64decode(EncodingAESKey + "="), IV = key[:16], then base
   wxcrypt.py open-reply --token T --key K --appid A   stdin: reply envelope XML
       checks MsgSignature = sha1(sort([token, TimeStamp, Nonce, Encrypt])), then prints the
       decrypted reply XML. Exit status 1 (reason on stderr) on any mismatch.
+  wxcrypt.py serve
+      the same, one request per stdin line (so a test pays Python's start-up once):
+      COMMAND TAB KEY TAB APPID TAB TOKEN TAB DEFECT TAB HEX(input)   (empty TOKEN/DEFECT: "-")
+      answered by one line: "ok" TAB HEX(output), or "err" TAB reason.
 
 Defects (each makes a ciphertext the responder must refuse; sign what you send):
   tamper-base64     characters outside the base64 alphabet
@@ -48,7 +52,7 @@ DEFECTS = [
 def aes_key(encoding_aes_key):
     key = base64.b64decode(encoding_aes_key + "=")
     if len(key) != 32:
-        sys.exit("EncodingAESKey does not decode to 32 bytes")
+        raise ValueError("EncodingAESKey does not decode to 32 bytes")
     return key
 
 
@@ -115,7 +119,33 @@ def open_reply(token, key, appid, envelope):
     return decrypt(key, appid, enc)
 
 
+def run(command, key, appid, token, defect, data):
+    if command == "encrypt":
+        return encrypt(key, appid, data, defect).encode()
+    if command == "decrypt":
+        return decrypt(key, appid, data.decode().strip())
+    if command == "open-reply":
+        return open_reply(token, key, appid, data.decode())
+    raise ValueError("unknown command %r" % command)
+
+
+def serve():
+    for line in sys.stdin:
+        try:
+            command, key, appid, token, defect, data = line.rstrip("\n").split("\t")
+            none = lambda v: None if v == "-" else v
+            if none(defect) not in [None] + DEFECTS:
+                raise ValueError("unknown defect %r" % defect)
+            out = run(command, aes_key(key), appid, none(token), none(defect), bytes.fromhex(data))
+            sys.stdout.write("ok\t%s\n" % out.hex())
+        except (ValueError, UnicodeDecodeError) as e:
+            sys.stdout.write("err\t%s\n" % str(e).replace("\n", " "))
+        sys.stdout.flush()
+
+
 def main():
+    if sys.argv[1:] == ["serve"]:
+        return serve()
     p = argparse.ArgumentParser()
     p.add_argument("command", choices=["encrypt", "decrypt", "open-reply"])
     p.add_argument("--key", required=True)
@@ -126,12 +156,7 @@ def main():
     data = sys.stdin.buffer.read()
     key = aes_key(a.key)
     try:
-        if a.command == "encrypt":
-            out = encrypt(key, a.appid, data, a.defect).encode()
-        elif a.command == "decrypt":
-            out = decrypt(key, a.appid, data.decode().strip())
-        else:
-            out = open_reply(a.token, key, a.appid, data.decode())
+        out = run(a.command, key, a.appid, a.token, a.defect, data)
     except ValueError as e:
         sys.stderr.write("wxcrypt: %s\n" % e)
         sys.exit(1)
