@@ -162,59 +162,6 @@ fn every_message_type_and_event_renders_its_own_fields() {
     }
 }
 
-const REPLY_RULES: &str = r#"
-[[account.rule]]
-content = "r-text"
-reply = { type = "text", content = "T {FromUserName}" }
-[[account.rule]]
-content = "r-image"
-reply = { type = "image", media_id = "img-{MsgId}" }
-[[account.rule]]
-content = "r-voice"
-reply = { type = "voice", media_id = "voice-1" }
-[[account.rule]]
-content = "r-video"
-reply = { type = "video", media_id = "vid-1", title = "Video {Content}", description = "a <video> & more" }
-[[account.rule]]
-content = "r-music"
-reply = { type = "music", title = "Song", description = "by {ToUserName}", music_url = "http://m/a.mp3", hq_music_url = "http://m/a-hq.mp3", thumb_media_id = "thumb-1" }
-[[account.rule]]
-content = "r-music-min"
-reply = { type = "music", thumb_media_id = "thumb-2" }
-[[account.rule]]
-name = "news3"
-content = "r-news"
-reply = { type = "news", articles = [
-  { title = "A1 {Content}", description = "d1", pic_url = "http://p/1.jpg", url = "http://u/1" },
-  { title = "A2", description = "d2", pic_url = "http://p/2.jpg", url = "http://u/2" },
-  { title = "A3", description = "d3", pic_url = "http://p/3.jpg", url = "http://u/3" },
-] }
-[[account.rule]]
-event = "CLICK"
-event_key = "NEWS3"
-reply = { type = "news", articles = [
-  { title = "A1 {EventKey}", description = "d1", pic_url = "http://p/1.jpg", url = "http://u/1" },
-  { title = "A2", description = "d2", pic_url = "http://p/2.jpg", url = "http://u/2" },
-  { title = "A3", description = "d3", pic_url = "http://p/3.jpg", url = "http://u/3" },
-] }
-[[account.rule]]
-event = "CLICK"
-event_key = "NEWS9"
-reply = { type = "news", articles = [
-  { title = "1" }, { title = "2" }, { title = "3" }, { title = "4" },
-  { title = "5" }, { title = "6" }, { title = "7" }, { title = "8", url = "http://u/8" },
-] }
-[[account.rule]]
-content = "r-kf"
-reply = { type = "transfer_customer_service" }
-[[account.rule]]
-content = "r-kf-acct"
-reply = { type = "transfer_customer_service", kf_account = "kf2001@gh_test" }
-[[account.rule]]
-content = "r-none"
-reply = { type = "none" }
-"#;
-
 #[test]
 fn every_reply_type_field_by_field() {
     let r = Responder::start(&config_with_rules(TOKEN, REPLY_RULES));

@@ -410,14 +410,13 @@ fn bad_encrypted_input_is_refused_and_the_next_request_is_still_answered() {
     let mut py = WxCrypt::start();
     let msg = text_message("a message long enough to span several AES blocks, 你好");
 
-    let mut good = || {
+    let good = |py: &mut WxCrypt| {
         let e = py.encrypt(KEY, &text_message("next"), None);
         let resp = post_safe(&nginx, &e, &safe_body(&e));
         assert_eq!(text_content(&py.open_reply(KEY, &resp)), "re:next");
     };
-    good();
+    good(&mut py);
 
-    let mut py = WxCrypt::start();
     let encrypt = py.encrypt(KEY, &msg, None);
     let ts = now().to_string();
     let sig = sign(&[TOKEN, &ts, "n"]);
@@ -452,7 +451,7 @@ fn bad_encrypted_input_is_refused_and_the_next_request_is_still_answered() {
     ] {
         let resp = nginx.request("POST", &format!("/weixin?{query}"), body.as_bytes());
         assert_eq!(resp.status, 403, "{what}: {}", resp.text());
-        good();
+        good(&mut py);
     }
 
     for defect in [
@@ -472,7 +471,7 @@ fn bad_encrypted_input_is_refused_and_the_next_request_is_still_answered() {
         let resp = post_safe(&nginx, &e, &safe_body(&e));
         assert_eq!(resp.status, 400, "{defect}: {}", resp.text());
         assert!(!resp.text().contains("re:"), "{defect}");
-        good();
+        good(&mut py);
     }
 
     // encrypt_type=aes without an Encrypt element, and an empty one.
@@ -480,7 +479,8 @@ fn bad_encrypted_input_is_refused_and_the_next_request_is_still_answered() {
     assert_eq!(resp.status, 400, "{}", resp.text());
     let resp = post_safe(&nginx, "", &safe_body(""));
     assert!((400..500).contains(&resp.status), "{}", resp.status);
-    good();
+    good(&mut py);
+    assert!(!r.stderr().contains(KEY), "keys never appear in logs");
 }
 
 #[test]
@@ -492,4 +492,52 @@ fn encrypted_request_to_an_account_without_a_key_is_refused() {
     let e = py.encrypt(KEY, &text_message("x"), None);
     let resp = post_safe(&nginx, &e, &safe_body(&e));
     assert_eq!(resp.status, 400, "{}", resp.text());
+}
+
+/// The same message answered in plaintext and in safe mode gives the same reply XML (apart
+/// from CreateTime), for every rule set of the plaintext tests, every reply type included.
+#[test]
+fn encrypted_replies_equal_plaintext_replies() {
+    let mut py = WxCrypt::start();
+    let sets: [(&str, Vec<String>); 3] = [
+        (REPLY_RULES, reply_triggers()),
+        (
+            ALL_TYPES_RULES,
+            ALL_TYPES_CASES
+                .iter()
+                .map(|(f, _)| message_fixture(f))
+                .collect(),
+        ),
+        (
+            MATCH_RULES,
+            match_cases().into_iter().map(|(_, m, _)| m).collect(),
+        ),
+    ];
+    let strip_time = |xml: &str| -> String {
+        let a = xml.find("<CreateTime>").expect("CreateTime");
+        let b = xml.find("</CreateTime>").expect("CreateTime");
+        format!("{}{}", &xml[..a], &xml[b..])
+    };
+    for (rules, messages) in sets {
+        let r = Responder::start(&safe_config("", rules));
+        let nginx = Nginx::start(&r.socket, true);
+        for msg in messages {
+            let plain = nginx.request(
+                "POST",
+                &format!("/weixin?{}", signed_query(TOKEN)),
+                msg.as_bytes(),
+            );
+            assert_eq!(plain.status, 200, "{msg}: {}", plain.text());
+            let e = py.encrypt(KEY, &msg, None);
+            let safe = post_safe(&nginx, &e, &safe_body(&e));
+            if plain.body == b"success" {
+                assert_eq!(safe.status, 200);
+                assert_eq!(safe.body, b"success", "{msg}: no reply stays `success`");
+                continue;
+            }
+            let xml = py.open_reply(KEY, &safe);
+            xml_leaves(&xml);
+            assert_eq!(strip_time(&xml), strip_time(&plain.text()), "{msg}");
+        }
+    }
 }

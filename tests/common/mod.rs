@@ -861,3 +861,81 @@ pub fn xml_leaves(xml: &str) -> Vec<(String, String)> {
     assert!(open.is_empty(), "unclosed elements in {xml}");
     out
 }
+
+/// One rule per reply type of PROTOCOL.md §4 (and "no reply"), each triggered by a text
+/// message or a CLICK event; see [`reply_triggers`].
+pub const REPLY_RULES: &str = r#"
+[[account.rule]]
+content = "r-text"
+reply = { type = "text", content = "T {FromUserName}" }
+[[account.rule]]
+content = "r-image"
+reply = { type = "image", media_id = "img-{MsgId}" }
+[[account.rule]]
+content = "r-voice"
+reply = { type = "voice", media_id = "voice-1" }
+[[account.rule]]
+content = "r-video"
+reply = { type = "video", media_id = "vid-1", title = "Video {Content}", description = "a <video> & more" }
+[[account.rule]]
+content = "r-music"
+reply = { type = "music", title = "Song", description = "by {ToUserName}", music_url = "http://m/a.mp3", hq_music_url = "http://m/a-hq.mp3", thumb_media_id = "thumb-1" }
+[[account.rule]]
+content = "r-music-min"
+reply = { type = "music", thumb_media_id = "thumb-2" }
+[[account.rule]]
+name = "news3"
+content = "r-news"
+reply = { type = "news", articles = [
+  { title = "A1 {Content}", description = "d1", pic_url = "http://p/1.jpg", url = "http://u/1" },
+  { title = "A2", description = "d2", pic_url = "http://p/2.jpg", url = "http://u/2" },
+  { title = "A3", description = "d3", pic_url = "http://p/3.jpg", url = "http://u/3" },
+] }
+[[account.rule]]
+event = "CLICK"
+event_key = "NEWS3"
+reply = { type = "news", articles = [
+  { title = "A1 {EventKey}", description = "d1", pic_url = "http://p/1.jpg", url = "http://u/1" },
+  { title = "A2", description = "d2", pic_url = "http://p/2.jpg", url = "http://u/2" },
+  { title = "A3", description = "d3", pic_url = "http://p/3.jpg", url = "http://u/3" },
+] }
+[[account.rule]]
+event = "CLICK"
+event_key = "NEWS9"
+reply = { type = "news", articles = [
+  { title = "1" }, { title = "2" }, { title = "3" }, { title = "4" },
+  { title = "5" }, { title = "6" }, { title = "7" }, { title = "8", url = "http://u/8" },
+] }
+[[account.rule]]
+content = "r-kf"
+reply = { type = "transfer_customer_service" }
+[[account.rule]]
+content = "r-kf-acct"
+reply = { type = "transfer_customer_service", kf_account = "kf2001@gh_test" }
+[[account.rule]]
+content = "r-none"
+reply = { type = "none" }
+"#;
+
+/// A message triggering each rule of [`REPLY_RULES`].
+pub fn reply_triggers() -> Vec<String> {
+    let mut v: Vec<String> = [
+        "r-text",
+        "r-image",
+        "r-voice",
+        "r-video",
+        "r-music",
+        "r-music-min",
+        "r-news",
+        "r-kf",
+        "r-kf-acct",
+        "r-none",
+        "unmatched",
+    ]
+    .iter()
+    .map(|c| text_message(c))
+    .collect();
+    v.push(event_message("CLICK", Some("NEWS3")));
+    v.push(event_message("CLICK", Some("NEWS9")));
+    v
+}
