@@ -481,3 +481,461 @@ pub fn config_with_rules(token: &str, rules: &str) -> String {
          token = \"{token}\"\n\n{rules}"
     )
 }
+
+// ---- Added for the message, reply and safe-mode end-to-end tests ----
+
+/// A message from `tests/fixtures/messages/` (see its README), as WeChat sends it.
+pub fn message_fixture(name: &str) -> String {
+    let path = repo().join("tests/fixtures/messages").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// One rule per message type and event of PROTOCOL.md §3, each answering a text that renders
+/// that type's own fields; the last one (no conditions) catches unknown future types.
+pub const ALL_TYPES_RULES: &str = r#"
+[[account.rule]]
+name = "text"
+msg_type = "text"
+reply = { type = "text", content = "text:{Content}|{MsgId}" }
+[[account.rule]]
+name = "image"
+msg_type = "image"
+reply = { type = "text", content = "image:{PicUrl}|{MediaId}" }
+[[account.rule]]
+name = "voice"
+msg_type = "voice"
+reply = { type = "text", content = "voice:{Format}|{Recognition}|{MediaId}" }
+[[account.rule]]
+name = "video"
+msg_type = "video"
+reply = { type = "text", content = "video:{MediaId}|{ThumbMediaId}" }
+[[account.rule]]
+name = "shortvideo"
+msg_type = "shortvideo"
+reply = { type = "text", content = "shortvideo:{MediaId}|{ThumbMediaId}" }
+[[account.rule]]
+name = "location"
+msg_type = "location"
+reply = { type = "text", content = "location:{Location_X},{Location_Y}|{Scale}|{Label}" }
+[[account.rule]]
+name = "link"
+msg_type = "link"
+reply = { type = "text", content = "link:{Title}|{Description}|{Url}" }
+[[account.rule]]
+name = "subscribe"
+msg_type = "event"
+event = "subscribe"
+reply = { type = "text", content = "subscribe:{EventKey}|{Ticket}" }
+[[account.rule]]
+name = "unsubscribe"
+msg_type = "event"
+event = "unsubscribe"
+reply = { type = "text", content = "unsubscribe:{FromUserName}|{EventKey}" }
+[[account.rule]]
+name = "scan"
+msg_type = "event"
+event = "SCAN"
+reply = { type = "text", content = "scan:{EventKey}|{Ticket}" }
+[[account.rule]]
+name = "location-event"
+msg_type = "event"
+event = "LOCATION"
+reply = { type = "text", content = "location-event:{Latitude},{Longitude},{Precision}" }
+[[account.rule]]
+name = "click"
+msg_type = "event"
+event = "CLICK"
+reply = { type = "text", content = "click:{EventKey}" }
+[[account.rule]]
+name = "view"
+msg_type = "event"
+event = "VIEW"
+reply = { type = "text", content = "view:{EventKey}|{MenuId}" }
+[[account.rule]]
+name = "scancode_push"
+msg_type = "event"
+event = "scancode_push"
+reply = { type = "text", content = "scancode_push:{EventKey}|{ScanType}|{ScanResult}" }
+[[account.rule]]
+name = "scancode_waitmsg"
+msg_type = "event"
+event = "scancode_waitmsg"
+reply = { type = "text", content = "scancode_waitmsg:{EventKey}|{ScanType}|{ScanResult}" }
+[[account.rule]]
+name = "pic_sysphoto"
+event = "pic_sysphoto"
+reply = { type = "text", content = "pic_sysphoto:{EventKey}|{Count}|{PicMd5Sum}" }
+[[account.rule]]
+name = "pic_photo_or_album"
+event = "pic_photo_or_album"
+reply = { type = "text", content = "pic_photo_or_album:{EventKey}|{Count}|{PicMd5Sum}" }
+[[account.rule]]
+name = "pic_weixin"
+event = "pic_weixin"
+reply = { type = "text", content = "pic_weixin:{EventKey}|{Count}|{PicMd5Sum}" }
+[[account.rule]]
+name = "location_select"
+event = "location_select"
+reply = { type = "text", content = "location_select:{EventKey}|{Location_X},{Location_Y}|{Scale}|{Label}|{Poiname}" }
+[[account.rule]]
+name = "mass"
+event = "MASSSENDJOBFINISH"
+reply = { type = "text", content = "mass:{MsgID}|{Status}|{TotalCount}|{FilterCount}|{SentCount}|{ErrorCount}" }
+[[account.rule]]
+name = "template"
+event = "TEMPLATESENDJOBFINISH"
+reply = { type = "text", content = "template:{MsgID}|{Status}" }
+[[account.rule]]
+name = "fallback"
+reply = { type = "text", content = "fallback:{MsgType}|{Title}|{PagePath}|{Nested}|{Missing}." }
+"#;
+
+/// (fixture, expected reply Content) for [`ALL_TYPES_RULES`]: every fixture in
+/// `tests/fixtures/messages/`.
+pub const ALL_TYPES_CASES: &[(&str, &str)] = &[
+    ("text.xml", "text:this is a test|1234567890123456"),
+    (
+        "image.xml",
+        "image:http://mmbiz.qpic.cn/pic.jpg|img_media_1",
+    ),
+    ("voice.xml", "voice:amr|腾讯微信团队|voice_media_1"),
+    ("video.xml", "video:video_media_1|video_thumb_1"),
+    ("shortvideo.xml", "shortvideo:short_media_1|short_thumb_1"),
+    (
+        "location.xml",
+        "location:23.134521,113.358803|20|广州市天河区",
+    ),
+    (
+        "link.xml",
+        "link:公众平台官网链接|a description|https://mp.weixin.qq.com/x",
+    ),
+    (
+        "event-subscribe-qrscene.xml",
+        "subscribe:qrscene_123123|TICKET_SUB",
+    ),
+    ("event-unsubscribe.xml", "unsubscribe:oUser|"),
+    ("event-scan.xml", "scan:123123|TICKET_SCAN"),
+    (
+        "event-location.xml",
+        "location-event:23.137466,113.352425,119.385040",
+    ),
+    ("event-click.xml", "click:V1001_TODAY_MUSIC"),
+    ("event-view.xml", "view:https://example.com/menu|208379533"),
+    (
+        "event-scancode-push.xml",
+        "scancode_push:6|qrcode|push-result-1",
+    ),
+    (
+        "event-scancode-waitmsg.xml",
+        "scancode_waitmsg:7|barcode|EAN_13,6901234567892",
+    ),
+    ("event-pic-sysphoto.xml", "pic_sysphoto:p1|2|md5firstp1"),
+    (
+        "event-pic-photo-or-album.xml",
+        "pic_photo_or_album:p2|2|md5firstp2",
+    ),
+    ("event-pic-weixin.xml", "pic_weixin:p3|2|md5firstp3"),
+    (
+        "event-location-select.xml",
+        "location_select:6|23,113|15|广州市海珠区|Canton Tower",
+    ),
+    (
+        "event-masssendjobfinish.xml",
+        "mass:1000001625|sendsuccess|100|80|75|5",
+    ),
+    (
+        "event-templatesendjobfinish.xml",
+        "template:200163836|failed:user block",
+    ),
+    (
+        "unknown-future.xml",
+        "fallback:miniprogrampage|mini|pages/index?id=1|deep|.",
+    ),
+];
+
+/// Rules exercising every kind of condition; order matters (first match wins). Used with
+/// [`match_cases`] in plaintext, safe and compatible mode.
+pub const MATCH_RULES: &str = r#"
+[[account.rule]]
+name = "exact"
+content = "hello"
+reply = { type = "text", content = "exact" }
+[[account.rule]]
+name = "contains"
+contains = "price"
+reply = { type = "text", content = "contains:{Content}" }
+[[account.rule]]
+name = "prefix"
+prefix = "echo "
+reply = { type = "text", content = "prefix:{Content}" }
+[[account.rule]]
+name = "event-ci"
+msg_type = "event"
+event = "subscribe"
+reply = { type = "text", content = "event-ci:{Event}" }
+[[account.rule]]
+name = "click-k1"
+event = "CLICK"
+event_key = "K1"
+reply = { type = "text", content = "click-k1" }
+[[account.rule]]
+name = "click-any"
+event = "click"
+reply = { type = "text", content = "click-any:{EventKey}" }
+[[account.rule]]
+name = "fields"
+fields = { MsgType = "image", PicUrl = "http://x/a.jpg" }
+reply = { type = "text", content = "fields:{MediaId}" }
+[[account.rule]]
+name = "second"
+contains = "hello"
+reply = { type = "text", content = "second:{Content}" }
+[[account.rule]]
+name = "silent"
+content = "quiet"
+reply = { type = "none" }
+"#;
+
+/// An image message with `pic_url` (for the `fields` rule of [`MATCH_RULES`]).
+pub fn image_message(pic_url: &str, media_id: &str) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[gh_test]]></ToUserName><FromUserName><![CDATA[oUser]]></FromUserName>\
+         <CreateTime>{}</CreateTime><MsgType><![CDATA[image]]></MsgType>\
+         <PicUrl><![CDATA[{pic_url}]]></PicUrl><MediaId><![CDATA[{media_id}]]></MediaId>\
+         <MsgId>1234567890123499</MsgId></xml>",
+        now()
+    )
+}
+
+/// (what is checked, message body, expected reply Content or `None` for `success`) for
+/// [`MATCH_RULES`].
+pub fn match_cases() -> Vec<(&'static str, String, Option<&'static str>)> {
+    vec![
+        ("exact content", text_message("hello"), Some("exact")),
+        (
+            "first match wins over a later contains",
+            text_message("hello"),
+            Some("exact"),
+        ),
+        (
+            "exact is not contains",
+            text_message("hello world"),
+            Some("second:hello world"),
+        ),
+        (
+            "contains",
+            text_message("what is the price?"),
+            Some("contains:what is the price?"),
+        ),
+        (
+            "contains wins (earlier) over a later contains",
+            text_message("hello price"),
+            Some("contains:hello price"),
+        ),
+        (
+            "prefix",
+            text_message("echo 回声"),
+            Some("prefix:echo 回声"),
+        ),
+        ("prefix is not contains", text_message("say echo x"), None),
+        (
+            "event is case-insensitive",
+            event_message("SUBSCRIBE", None),
+            Some("event-ci:SUBSCRIBE"),
+        ),
+        (
+            "event_key",
+            event_message("CLICK", Some("K1")),
+            Some("click-k1"),
+        ),
+        (
+            "other event_key falls to the next rule",
+            event_message("CLICK", Some("K2")),
+            Some("click-any:K2"),
+        ),
+        (
+            "fields",
+            image_message("http://x/a.jpg", "m1"),
+            Some("fields:m1"),
+        ),
+        (
+            "fields must all match",
+            image_message("http://x/b.jpg", "m2"),
+            None,
+        ),
+        ("no reply rule", text_message("quiet"), None),
+        ("no rule matched", text_message("nothing"), None),
+        (
+            "no rule matched (event)",
+            event_message("VIEW", Some("https://x")),
+            None,
+        ),
+    ]
+}
+
+/// Names of the elements of `xml` in document order (CDATA content skipped), for checking that
+/// a reply has exactly the expected structure. Independent of the project's parser.
+pub fn xml_elements(xml: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find('<') {
+        rest = &rest[i..];
+        if let Some(r) = rest.strip_prefix("<![CDATA[") {
+            let end = r.find("]]>").expect("unterminated CDATA");
+            rest = &r[end + 3..];
+        } else if rest.starts_with("</") {
+            rest = &rest[2..];
+        } else {
+            let end = rest
+                .find(|c: char| c == '>' || c == '/' || c.is_whitespace())
+                .expect("unterminated tag");
+            names.push(rest[1..end].to_string());
+            rest = &rest[end..];
+        }
+    }
+    names
+}
+
+/// Values of every `<name>` element of `xml` (CDATA joined), in document order.
+pub fn xml_fields(xml: &str, name: &str) -> Vec<String> {
+    let open = format!("<{name}>");
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        let v = xml_field(&rest[i..], name).expect("closed element");
+        out.push(v);
+        rest = &rest[i + open.len()..];
+    }
+    out
+}
+
+/// A config with top-level settings `top`, one account `test` at `/weixin` with `token`
+/// (plus `account_extra` lines) and `rules`.
+pub fn config_toml(top: &str, token: &str, account_extra: &str, rules: &str) -> String {
+    format!(
+        "log_level = \"info\"\n{top}\n\n[[account]]\nname = \"test\"\npath = \"/weixin\"\n\
+         token = \"{token}\"\n{account_extra}\n\n{rules}"
+    )
+}
+
+/// (element name, text) of every element of `xml` in document order, CDATA-aware (a `<tag>`
+/// or `</tag>` inside CDATA is text); a container's text is what lies directly in it.
+/// Independent of the project's parser; panics on a malformed document.
+pub fn xml_leaves(xml: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut open: Vec<usize> = Vec::new();
+    let mut rest = xml;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("<![CDATA[") {
+            let end = r.find("]]>").expect("unterminated CDATA");
+            let i = *open.last().expect("CDATA outside an element");
+            out[i].1.push_str(&r[..end]);
+            rest = &r[end + 3..];
+        } else if let Some(r) = rest.strip_prefix("</") {
+            let end = r.find('>').expect("unterminated end tag");
+            let i = open.pop().expect("end tag without start");
+            assert_eq!(out[i].0, &r[..end], "mismatched end tag in {xml}");
+            rest = &r[end + 1..];
+        } else if let Some(r) = rest.strip_prefix('<') {
+            let end = r.find('>').expect("unterminated tag");
+            let tag = &r[..end];
+            let (name, empty) = match tag.strip_suffix('/') {
+                Some(n) => (n.trim(), true),
+                None => (tag, false),
+            };
+            out.push((name.to_string(), String::new()));
+            if !empty {
+                open.push(out.len() - 1);
+            }
+            rest = &r[end + 1..];
+        } else {
+            let end = rest.find('<').unwrap_or(rest.len());
+            if let Some(&i) = open.last() {
+                out[i].1.push_str(&rest[..end]);
+            } else {
+                assert!(rest[..end].trim().is_empty(), "text outside the root");
+            }
+            rest = &rest[end..];
+        }
+    }
+    assert!(open.is_empty(), "unclosed elements in {xml}");
+    out
+}
+
+/// One rule per reply type of PROTOCOL.md §4 (and "no reply"), each triggered by a text
+/// message or a CLICK event; see [`reply_triggers`].
+pub const REPLY_RULES: &str = r#"
+[[account.rule]]
+content = "r-text"
+reply = { type = "text", content = "T {FromUserName}" }
+[[account.rule]]
+content = "r-image"
+reply = { type = "image", media_id = "img-{MsgId}" }
+[[account.rule]]
+content = "r-voice"
+reply = { type = "voice", media_id = "voice-1" }
+[[account.rule]]
+content = "r-video"
+reply = { type = "video", media_id = "vid-1", title = "Video {Content}", description = "a <video> & more" }
+[[account.rule]]
+content = "r-music"
+reply = { type = "music", title = "Song", description = "by {ToUserName}", music_url = "http://m/a.mp3", hq_music_url = "http://m/a-hq.mp3", thumb_media_id = "thumb-1" }
+[[account.rule]]
+content = "r-music-min"
+reply = { type = "music", thumb_media_id = "thumb-2" }
+[[account.rule]]
+name = "news3"
+content = "r-news"
+reply = { type = "news", articles = [
+  { title = "A1 {Content}", description = "d1", pic_url = "http://p/1.jpg", url = "http://u/1" },
+  { title = "A2", description = "d2", pic_url = "http://p/2.jpg", url = "http://u/2" },
+  { title = "A3", description = "d3", pic_url = "http://p/3.jpg", url = "http://u/3" },
+] }
+[[account.rule]]
+event = "CLICK"
+event_key = "NEWS3"
+reply = { type = "news", articles = [
+  { title = "A1 {EventKey}", description = "d1", pic_url = "http://p/1.jpg", url = "http://u/1" },
+  { title = "A2", description = "d2", pic_url = "http://p/2.jpg", url = "http://u/2" },
+  { title = "A3", description = "d3", pic_url = "http://p/3.jpg", url = "http://u/3" },
+] }
+[[account.rule]]
+event = "CLICK"
+event_key = "NEWS9"
+reply = { type = "news", articles = [
+  { title = "1" }, { title = "2" }, { title = "3" }, { title = "4" },
+  { title = "5" }, { title = "6" }, { title = "7" }, { title = "8", url = "http://u/8" },
+] }
+[[account.rule]]
+content = "r-kf"
+reply = { type = "transfer_customer_service" }
+[[account.rule]]
+content = "r-kf-acct"
+reply = { type = "transfer_customer_service", kf_account = "kf2001@gh_test" }
+[[account.rule]]
+content = "r-none"
+reply = { type = "none" }
+"#;
+
+/// A message triggering each rule of [`REPLY_RULES`].
+pub fn reply_triggers() -> Vec<String> {
+    let mut v: Vec<String> = [
+        "r-text",
+        "r-image",
+        "r-voice",
+        "r-video",
+        "r-music",
+        "r-music-min",
+        "r-news",
+        "r-kf",
+        "r-kf-acct",
+        "r-none",
+        "unmatched",
+    ]
+    .iter()
+    .map(|c| text_message(c))
+    .collect();
+    v.push(event_message("CLICK", Some("NEWS3")));
+    v.push(event_message("CLICK", Some("NEWS9")));
+    v
+}
