@@ -112,7 +112,10 @@ impl Responder {
             dir,
         };
         assert!(
-            wait_for(Duration::from_secs(10), || r.socket.exists()),
+            // The file appears at bind(), just before listen(): wait for a connect to succeed.
+            wait_for(Duration::from_secs(10), || {
+                std::os::unix::net::UnixStream::connect(&r.socket).is_ok()
+            }),
             "weixin-fcgi did not create its socket; stderr:\n{}",
             r.stderr()
         );
