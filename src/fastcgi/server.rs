@@ -628,6 +628,11 @@ struct RequestState {
     /// Body bytes beyond `max_body` seen so far (the body is then answered 413).
     discarded: usize,
     deadline: Instant,
+    /// Just accepted and nothing read yet. The peer connected to send a request (nginx writes
+    /// it right after connecting), so the first read waits for it until `deadline` instead of
+    /// parking: an accepted connection is never closed unserved by a stop (a SIGTERM between
+    /// nginx's connect and its write would otherwise drop that request with a 502).
+    fresh: bool,
 }
 
 /// What serving a connection ended with.
@@ -744,7 +749,7 @@ impl<H: Handler> Worker<H> {
         self.start = 0;
         self.end = 0;
         self.out.clear();
-        match self.serve_requests(&mut stream) {
+        match self.serve_requests(&mut stream, !registered) {
             ConnEnd::Park => self.shared.park(stream, registered),
             ConnEnd::Close => {
                 // Whatever is queued (an END_REQUEST, GET_VALUES_RESULT) still goes out.
@@ -788,13 +793,15 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    fn serve_requests(&mut self, stream: &mut Stream) -> ConnEnd {
+    /// `fresh`: just accepted, no byte read yet (see [`RequestState::fresh`]).
+    fn serve_requests(&mut self, stream: &mut Stream, fresh: bool) -> ConnEnd {
         let mut state = RequestState {
             phase: Phase::Idle,
             id: 0,
             keep_conn: false,
             discarded: 0,
-            deadline: Instant::now(),
+            deadline: Instant::now() + self.shared.config.io_timeout,
+            fresh,
         };
         let end = self.serve_records(stream, &mut state);
         if state.phase != Phase::Idle && !matches!(end, ConnEnd::Defer(..)) {
@@ -849,7 +856,11 @@ impl<H: Handler> Worker<H> {
                 self.read_buf
                     .resize(needed.clamp(READ_BUF, record::MAX_RECORD), 0);
             }
-            let deadline = if idle { None } else { Some(state.deadline) };
+            let deadline = if idle && !state.fresh {
+                None
+            } else {
+                Some(state.deadline)
+            };
             match read_some(stream, &mut self.read_buf[self.end..], deadline) {
                 Ok(0) => {
                     if !idle {
@@ -860,6 +871,7 @@ impl<H: Handler> Worker<H> {
                     return ConnEnd::Close;
                 }
                 Ok(n) => {
+                    state.fresh = false;
                     if idle {
                         // The first bytes of a request start its deadline.
                         state.deadline = Instant::now() + self.shared.config.io_timeout;
@@ -920,6 +932,7 @@ impl<H: Handler> Worker<H> {
                     keep_conn: begin.keep_conn(),
                     discarded: 0,
                     deadline: state.deadline,
+                    fresh: false,
                 };
                 self.params.clear();
                 self.index.clear();
