@@ -401,6 +401,8 @@ struct Shared {
     conns: Mutex<Slab>,
     open: AtomicUsize,
     stopping: AtomicBool,
+    /// Set at the end of a stop: workers return.
+    exiting: AtomicBool,
     in_flight: AtomicUsize,
     served: AtomicU64,
     started: Instant,
@@ -487,6 +489,35 @@ impl Shared {
         Some(parked)
     }
 
+    /// Closes the parked connections with nothing to read; returns how many remain (a request,
+    /// or nginx's close, is waiting on them and a worker will pick it up).
+    fn close_idle_parked(&self) -> usize {
+        let mut remaining = 0;
+        let idle: Vec<Parked> = {
+            let mut slab = self.lock_conns();
+            let mut idle = Vec::new();
+            for i in 0..slab.slots.len() {
+                let Some(p) = &slab.slots[i] else { continue };
+                let mut fds = [PollFd::new(&p.stream, PollFlags::IN)];
+                let zero = rustix::time::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                if matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(0)) {
+                    idle.extend(slab.slots[i].take());
+                    slab.free.push(i);
+                } else {
+                    remaining += 1;
+                }
+            }
+            idle
+        };
+        for p in idle {
+            self.close(p.stream);
+        }
+        remaining
+    }
+
     fn close_all_parked(&self) {
         let drained: Vec<Parked> = {
             let mut slab = self.lock_conns();
@@ -561,6 +592,7 @@ impl Server {
             conns: Mutex::new(Slab::default()),
             open: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            exiting: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             started: Instant::now(),
@@ -590,13 +622,26 @@ impl Server {
     /// `deadline`, and joins the workers. Returns false when requests were still in flight
     /// at the deadline. The listening socket is closed, never shut down: with socket
     /// activation systemd holds the same socket for the next instance.
+    ///
+    /// A kept-alive connection on which nginx has already written its next request is
+    /// answered (then closed), not closed with the request unread: nginx reports that as a
+    /// reset after sending and does not retry a POST. Only connections with nothing to read
+    /// are closed. (nginx can still pick an idle connection in the microseconds between that
+    /// check and the close; see `fastcgi_next_upstream ... non_idempotent` in the README.)
     pub fn stop(self, deadline: Duration) -> bool {
         let s = &self.shared;
         s.stopping.store(true, Ordering::Release);
         let _ = epoll::delete(&s.epoll, &s.listener);
+        let until = Instant::now() + deadline;
+        while s.close_idle_parked() > 0 || s.in_flight.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        s.exiting.store(true, Ordering::Release);
         let _ = rustix::io::write(&s.wake, &1u64.to_ne_bytes());
         s.close_all_parked();
-        let until = Instant::now() + deadline;
         while s.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -701,7 +746,7 @@ impl<H: Handler> Worker<H> {
                     continue;
                 }
             }
-            if self.shared.stopping.load(Ordering::Acquire) {
+            if self.shared.exiting.load(Ordering::Acquire) {
                 return;
             }
             for event in &events {
