@@ -627,7 +627,8 @@ impl Server {
     /// answered (then closed), not closed with the request unread: nginx reports that as a
     /// reset after sending and does not retry a POST. Only connections with nothing to read
     /// are closed. (nginx can still pick an idle connection in the microseconds between that
-    /// check and the close; see `fastcgi_next_upstream ... non_idempotent` in the README.)
+    /// check and the close; only `fastcgi_next_upstream error timeout non_idempotent` in nginx
+    /// makes that lossless, see tests/restart.rs.)
     pub fn stop(self, deadline: Duration) -> bool {
         let s = &self.shared;
         s.stopping.store(true, Ordering::Release);
