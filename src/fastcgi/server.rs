@@ -401,6 +401,8 @@ struct Shared {
     conns: Mutex<Slab>,
     open: AtomicUsize,
     stopping: AtomicBool,
+    /// Set at the end of a stop: workers return.
+    exiting: AtomicBool,
     in_flight: AtomicUsize,
     served: AtomicU64,
     started: Instant,
@@ -487,6 +489,35 @@ impl Shared {
         Some(parked)
     }
 
+    /// Closes the parked connections with nothing to read; returns how many remain (a request,
+    /// or nginx's close, is waiting on them and a worker will pick it up).
+    fn close_idle_parked(&self) -> usize {
+        let mut remaining = 0;
+        let idle: Vec<Parked> = {
+            let mut slab = self.lock_conns();
+            let mut idle = Vec::new();
+            for i in 0..slab.slots.len() {
+                let Some(p) = &slab.slots[i] else { continue };
+                let mut fds = [PollFd::new(&p.stream, PollFlags::IN)];
+                let zero = rustix::time::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                if matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(0)) {
+                    idle.extend(slab.slots[i].take());
+                    slab.free.push(i);
+                } else {
+                    remaining += 1;
+                }
+            }
+            idle
+        };
+        for p in idle {
+            self.close(p.stream);
+        }
+        remaining
+    }
+
     fn close_all_parked(&self) {
         let drained: Vec<Parked> = {
             let mut slab = self.lock_conns();
@@ -561,6 +592,7 @@ impl Server {
             conns: Mutex::new(Slab::default()),
             open: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            exiting: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             started: Instant::now(),
@@ -590,13 +622,27 @@ impl Server {
     /// `deadline`, and joins the workers. Returns false when requests were still in flight
     /// at the deadline. The listening socket is closed, never shut down: with socket
     /// activation systemd holds the same socket for the next instance.
+    ///
+    /// A kept-alive connection on which nginx has already written its next request is
+    /// answered (then closed), not closed with the request unread: nginx reports that as a
+    /// reset after sending and does not retry a POST. Only connections with nothing to read
+    /// are closed. (nginx can still pick an idle connection in the microseconds between that
+    /// check and the close; only `fastcgi_next_upstream error timeout non_idempotent` in nginx
+    /// makes that lossless, see tests/restart.rs.)
     pub fn stop(self, deadline: Duration) -> bool {
         let s = &self.shared;
         s.stopping.store(true, Ordering::Release);
         let _ = epoll::delete(&s.epoll, &s.listener);
+        let until = Instant::now() + deadline;
+        while s.close_idle_parked() > 0 || s.in_flight.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        s.exiting.store(true, Ordering::Release);
         let _ = rustix::io::write(&s.wake, &1u64.to_ne_bytes());
         s.close_all_parked();
-        let until = Instant::now() + deadline;
         while s.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -628,6 +674,11 @@ struct RequestState {
     /// Body bytes beyond `max_body` seen so far (the body is then answered 413).
     discarded: usize,
     deadline: Instant,
+    /// Just accepted and nothing read yet. The peer connected to send a request (nginx writes
+    /// it right after connecting), so the first read waits for it until `deadline` instead of
+    /// parking: an accepted connection is never closed unserved by a stop (a SIGTERM between
+    /// nginx's connect and its write would otherwise drop that request with a 502).
+    fresh: bool,
 }
 
 /// What serving a connection ended with.
@@ -696,7 +747,7 @@ impl<H: Handler> Worker<H> {
                     continue;
                 }
             }
-            if self.shared.stopping.load(Ordering::Acquire) {
+            if self.shared.exiting.load(Ordering::Acquire) {
                 return;
             }
             for event in &events {
@@ -744,7 +795,7 @@ impl<H: Handler> Worker<H> {
         self.start = 0;
         self.end = 0;
         self.out.clear();
-        match self.serve_requests(&mut stream) {
+        match self.serve_requests(&mut stream, !registered) {
             ConnEnd::Park => self.shared.park(stream, registered),
             ConnEnd::Close => {
                 // Whatever is queued (an END_REQUEST, GET_VALUES_RESULT) still goes out.
@@ -788,13 +839,15 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    fn serve_requests(&mut self, stream: &mut Stream) -> ConnEnd {
+    /// `fresh`: just accepted, no byte read yet (see [`RequestState::fresh`]).
+    fn serve_requests(&mut self, stream: &mut Stream, fresh: bool) -> ConnEnd {
         let mut state = RequestState {
             phase: Phase::Idle,
             id: 0,
             keep_conn: false,
             discarded: 0,
-            deadline: Instant::now(),
+            deadline: Instant::now() + self.shared.config.io_timeout,
+            fresh,
         };
         let end = self.serve_records(stream, &mut state);
         if state.phase != Phase::Idle && !matches!(end, ConnEnd::Defer(..)) {
@@ -849,7 +902,11 @@ impl<H: Handler> Worker<H> {
                 self.read_buf
                     .resize(needed.clamp(READ_BUF, record::MAX_RECORD), 0);
             }
-            let deadline = if idle { None } else { Some(state.deadline) };
+            let deadline = if idle && !state.fresh {
+                None
+            } else {
+                Some(state.deadline)
+            };
             match read_some(stream, &mut self.read_buf[self.end..], deadline) {
                 Ok(0) => {
                     if !idle {
@@ -860,6 +917,7 @@ impl<H: Handler> Worker<H> {
                     return ConnEnd::Close;
                 }
                 Ok(n) => {
+                    state.fresh = false;
                     if idle {
                         // The first bytes of a request start its deadline.
                         state.deadline = Instant::now() + self.shared.config.io_timeout;
@@ -920,6 +978,7 @@ impl<H: Handler> Worker<H> {
                     keep_conn: begin.keep_conn(),
                     discarded: 0,
                     deadline: state.deadline,
+                    fresh: false,
                 };
                 self.params.clear();
                 self.index.clear();

@@ -942,3 +942,217 @@ pub fn reply_triggers() -> Vec<String> {
     v.push(event_message("CLICK", Some("NEWS9")));
     v
 }
+// ---------------------------------------------------------------------------------------------
+// Socket activation, signals and process-lifecycle helpers (tests/activation.rs, restart.rs,
+// reload.rs, idle_exit.rs).
+
+/// Aborts the whole test binary if the test holding it is still running after `limit`, so a
+/// hung signal or activation test fails loudly instead of stalling the suite. Dropping the
+/// guard disarms it.
+pub struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+pub fn watchdog(name: &'static str, limit: Duration) -> Watchdog {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+            eprintln!("test {name}: hard timeout of {limit:?} exceeded; aborting");
+            std::process::exit(124);
+        }
+    });
+    Watchdog(Some(tx))
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A listening Unix socket held by the test, as systemd holds the `.socket` unit's socket
+/// across service restarts: connections queue in the kernel while no process serves it.
+pub struct HeldSocket {
+    pub listener: std::os::unix::net::UnixListener,
+    pub path: PathBuf,
+}
+
+impl HeldSocket {
+    pub fn bind(dir: &TempDir) -> HeldSocket {
+        let path = dir.join("held.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind held socket");
+        HeldSocket { listener, path }
+    }
+
+    /// A new descriptor for the same socket, to hand to a child.
+    pub fn fd(&self) -> std::os::fd::OwnedFd {
+        self.listener.try_clone().expect("dup held socket").into()
+    }
+
+    /// True when a connection is waiting in the accept queue (within `timeout`).
+    pub fn pending(&self, timeout: Duration) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let mut fds = [PollFd::new(&self.listener, PollFlags::IN)];
+        let ts = Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0)
+    }
+}
+
+/// A spawned process with its stderr in a file; killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("pid");
+        rustix::process::kill_process(pid, sig).expect("kill");
+    }
+
+    pub fn term(&self) {
+        self.signal(rustix::process::Signal::TERM);
+    }
+
+    pub fn hup(&self) {
+        self.signal(rustix::process::Signal::HUP);
+    }
+
+    /// Waits up to `timeout` for the exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary as systemd socket activation does: `fd` as fd 3, `LISTEN_FDS=1` and
+/// `LISTEN_PID` = the binary's own pid.
+///
+/// `LISTEN_PID` must equal the pid of the process that reads it, which is only known after
+/// fork. Rather than setting it in a `pre_exec` hook (the environment is not async-signal-safe
+/// to touch there), a `/bin/sh` does it: `fd` arrives as the shell's stdin (plain `Stdio`, no
+/// unsafe code), the shell moves it to fd 3, points stdin at /dev/null, exports
+/// `LISTEN_PID=$$` and `exec`s the binary, which keeps the shell's pid.
+pub fn spawn_activated(
+    fd: impl Into<Stdio>,
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, &str)],
+    log: &Path,
+) -> Proc {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("exec 3<&0 </dev/null; LISTEN_PID=$$; LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS; exec \"$0\" \"$@\"")
+        .arg(bin())
+        .args(args)
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS")
+        .env_remove("NOTIFY_SOCKET");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .stdin(fd)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("spawn activated weixin-fcgi");
+    Proc {
+        child,
+        log: log.to_path_buf(),
+    }
+}
+
+/// [`spawn_activated`] on `held` with `--config config`.
+pub fn spawn_on(held: &HeldSocket, config: &Path, log: &Path) -> Proc {
+    spawn_activated(
+        held.fd(),
+        &[std::ffi::OsStr::new("--config"), config.as_os_str()],
+        &[],
+        log,
+    )
+}
+
+/// One signed text message straight to the responder over FastCGI (no nginx), returning the
+/// reply's `Content`.
+pub fn fcgi_text(socket: &Path, token: &str, content: &str) -> std::io::Result<(u16, String)> {
+    use weixin_fcgi::fastcgi::client;
+    let mut conn = client::Connection::connect(
+        socket.to_str().expect("utf-8 path"),
+        Duration::from_secs(10),
+    )?;
+    let query = signed_query(token);
+    let body = text_message(content);
+    let len = body.len().to_string();
+    let params: Vec<(&str, &[u8])> = vec![
+        ("REQUEST_METHOD", b"POST"),
+        ("DOCUMENT_URI", b"/weixin"),
+        ("SCRIPT_NAME", b"/weixin"),
+        ("REQUEST_URI", b"/weixin"),
+        ("QUERY_STRING", query.as_bytes()),
+        ("CONTENT_TYPE", b"text/xml"),
+        ("CONTENT_LENGTH", len.as_bytes()),
+    ];
+    let resp = client::request(&mut conn, 1, &params, body.as_bytes(), false)?;
+    let text = String::from_utf8_lossy(&resp.body).into_owned();
+    Ok((resp.status, xml_field(&text, "Content").unwrap_or(text)))
+}
+
+/// A signed text message through nginx; `Ok(Content)` only for a 200 with a reply.
+pub fn nginx_text(port: u16, token: &str, content: &str) -> Result<String, String> {
+    let resp = try_http(
+        port,
+        "POST",
+        &format!("/weixin?{}", signed_query(token)),
+        text_message(content).as_bytes(),
+    )
+    .map_err(|e| format!("transport: {e}"))?;
+    if resp.status != 200 {
+        return Err(format!("status {}: {}", resp.status, resp.text()));
+    }
+    xml_field(&resp.text(), "Content").ok_or_else(|| format!("no Content in {}", resp.text()))
+}
+
+/// A config whose one rule answers every text with `"{prefix}: {Content}"`; `top` goes before
+/// the account (e.g. `idle_exit = 1`).
+pub fn prefix_config(token: &str, prefix: &str, top: &str) -> String {
+    format!(
+        "{top}\n{}",
+        config_with_rules(
+            token,
+            &format!(
+                "[[account.rule]]\nname = \"echo\"\nmsg_type = \"text\"\n\
+                 reply = {{ type = \"text\", content = \"{prefix}: {{Content}}\" }}\n"
+            ),
+        )
+    )
+}
