@@ -3,6 +3,9 @@
 use crate::config::LogLevel;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+/// True when stderr is connected to the journal (systemd sets `$JOURNAL_STREAM`).
+static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 static LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Info as u8);
 
 /// Sets the global log level.
@@ -21,11 +24,17 @@ pub fn write(level: LogLevel, args: std::fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
-    let prio = match level {
-        LogLevel::Error => "<3>",
-        LogLevel::Warn => "<4>",
-        LogLevel::Info => "<6>",
-        LogLevel::Debug => "<7>",
+    // journald reads a `<N>` priority prefix; on a terminal a word reads better.
+    let journal = *JOURNAL.get_or_init(|| std::env::var_os("JOURNAL_STREAM").is_some());
+    let prio = match (journal, level) {
+        (true, LogLevel::Error) => "<3>",
+        (true, LogLevel::Warn) => "<4>",
+        (true, LogLevel::Info) => "<6>",
+        (true, LogLevel::Debug) => "<7>",
+        (false, LogLevel::Error) => "error: ",
+        (false, LogLevel::Warn) => "warning: ",
+        (false, LogLevel::Info) => "",
+        (false, LogLevel::Debug) => "debug: ",
     };
     // One write(2) per line, so lines from several workers never interleave.
     LINE.with(|line| {

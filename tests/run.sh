@@ -28,7 +28,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --quiet --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --quiet --no-fail-fast 2>&1 | grep -v '^<[0-9]>'
+cargo test --quiet --no-fail-fast
 echo "== unit files and nginx snippet"
 cargo build --quiet
 bash tests/ops/check-units.sh "$PWD/target/debug/weixin-fcgi"
