@@ -7,7 +7,7 @@
 # libfcgi-dev, libfcgi-bin, gcc, php-fpm, php-xml, python3-flask, gunicorn, python3-venv,
 # golang-go, valgrind, curl, openssl), puts wechatpy (not packaged by Debian) from PyPI into a venv
 # under target/bench/venv, builds the alternatives from benches/alt/, builds weixin-fcgi with
-# `cargo build --release` unless $WEIXIN_FCGI_BIN is given, and runs everything on 127.0.0.1 only.
+# `cargo release-static` unless $WEIXIN_FCGI_BIN is given, and runs everything on 127.0.0.1 only.
 # Note: installing nginx / php-fpm on a systemd machine also starts Debian's own services (idle).
 #
 # Targets (every one behind its own nginx instance with identical settings: 1 worker process,
@@ -57,8 +57,9 @@
 #   BENCH_CG_N1=200 BENCH_CG_N2=1200
 #   BENCH_SAFE=1          0 skips the safe-mode instructions/request figure
 #   BENCH_OUT=benches     where RESULTS.md, results.json, results.svg are written
-#   WEIXIN_FCGI_BIN       the responder binary (default: target/release/weixin-fcgi, built with
-#                         `cargo build --release`); the target is skipped if it is missing or
+#   WEIXIN_FCGI_BIN       the responder binary (default:
+#                         target/x86_64-unknown-linux-gnu/release/weixin-fcgi, built with
+#                         `cargo release-static`); the target is skipped if it is missing or
 #                         does not come up. CLI: weixin-fcgi --config FILE --listen /path/to.sock
 # A default run (7 targets × 2 rounds × ~15 s, plus callgrind) takes about 6–8 minutes on 2 cores
 # once everything is installed and built.
@@ -218,11 +219,12 @@ build_all() {
     if [[ -n ${WEIXIN_FCGI_BIN:-} ]]; then
         WX_BIN=$WEIXIN_FCGI_BIN
     else
-        WX_BIN=$ROOT/target/release/weixin-fcgi
+        # The build the README installs: `cargo release-static` (.cargo/config.toml).
+        WX_BIN=$ROOT/target/x86_64-unknown-linux-gnu/release/weixin-fcgi
         if command -v cargo >/dev/null; then
-            log "cargo build --release"
-            (cd "$ROOT" && timeout 1800 cargo build --release) >"$RUN/cargo-build.log" 2>&1 ||
-                WX_SKIP="cargo build --release failed (log: $RUN_REL/cargo-build.log)"
+            log "cargo release-static"
+            (cd "$ROOT" && timeout 1800 cargo release-static) >"$RUN/cargo-build.log" 2>&1 ||
+                WX_SKIP="cargo release-static failed (log: $RUN_REL/cargo-build.log)"
         else
             WX_SKIP="cargo not found and WEIXIN_FCGI_BIN not set"
         fi
