@@ -7,6 +7,7 @@
 
 use crate::config::{Account, Config};
 use crate::fastcgi::{Handler, Outcome, Request, Response};
+use crate::forward::{self, Forwarder};
 use crate::query;
 use crate::rules::{self, Action};
 use crate::wechat::crypto::{self, AesKey};
@@ -24,6 +25,8 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// request takes one snapshot and uses it throughout.
 pub struct App {
     config: RwLock<Arc<Config>>,
+    /// The forward pool and retry table (`forward`/`exec` rules), sized by the first config.
+    forwarder: Arc<Forwarder>,
 }
 
 /// Per-worker scratch space, reused across requests.
@@ -51,11 +54,14 @@ struct Outcomes<'a> {
     outcome: &'static str,
     user: u32,
     mode: &'static str,
+    /// A `forward`/`exec` rule matched: the request is answered later from this job.
+    deferred: Option<Box<forward::Job>>,
 }
 
 impl App {
     pub fn new(config: Config) -> App {
         App {
+            forwarder: Arc::new(Forwarder::new(config.forward)),
             config: RwLock::new(Arc::new(config)),
         }
     }
@@ -102,7 +108,13 @@ impl Handler for App {
                 micros
             ),
         }
-        Outcome::Done
+        match log.deferred.take() {
+            Some(job) => {
+                let forwarder = Arc::clone(&self.forwarder);
+                Outcome::Later(Box::new(move |pending| forwarder.submit(*job, pending)))
+            }
+            None => Outcome::Done,
+        }
     }
 }
 
@@ -294,6 +306,13 @@ fn post_encrypted<'c>(
     };
     reply.clear();
     let replied = answer(config, account, &msg, text, reply, log);
+    if let Some(job) = &mut log.deferred {
+        job.encrypt = Some(forward::Encrypt {
+            token: account.token.expose().to_string(),
+            key: key_used.clone(),
+            app_id: app_id.clone(),
+        });
+    }
     if !replied {
         finish(response, false);
         return Ok(());
@@ -374,6 +393,36 @@ fn answer<'c>(
             log.outcome = "reply";
             true
         }
+        Action::Forward(fw) => {
+            let limits = limits_for(config, msg);
+            let fallback = fw.fallback.as_ref().map(|template| {
+                let envelope = Envelope {
+                    to_user: msg.from_user(),
+                    from_user: msg.to_user(),
+                    create_time: now(),
+                };
+                let mut xml = Vec::new();
+                template.render(msg, &envelope, &limits, text, &mut xml);
+                xml
+            });
+            let dedup = config.forward.dedup_seconds > 0;
+            let job =
+                forward::Job::new(fw, &account.name, &rule.name, msg, limits, fallback, dedup);
+            log.deferred = Some(Box::new(job));
+            log.outcome = "forward";
+            false
+        }
+    }
+}
+
+fn limits_for(config: &Config, msg: &Message<'_>) -> Limits {
+    Limits {
+        text_max_bytes: config.text_max_bytes,
+        max_articles: if msg.is_event() {
+            reply::MAX_ARTICLES_FOR_EVENT
+        } else {
+            reply::MAX_ARTICLES_FOR_MESSAGE
+        },
     }
 }
 

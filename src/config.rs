@@ -71,6 +71,10 @@ pub struct Config {
     pub log_level: LogLevel,
     /// `idle_exit`: seconds without requests after which a socket-activated process exits (default 0 = off).
     pub idle_exit: u64,
+    /// `forward_slots` (default 8, 1..=256), `dedup_seconds` (default 30, 0 = off, ..=3600),
+    /// `dedup_entries` (default 4096, 16..=1048576): the forward pool and retry table. Fixed at
+    /// start (a reload keeps the running pool).
+    pub forward: crate::forward::Settings,
     /// `[[account]]` tables, in file order.
     pub accounts: Vec<Account>,
 }
@@ -203,6 +207,7 @@ impl Config {
             text_max_bytes: DEFAULT_TEXT_MAX_BYTES as usize,
             log_level: LogLevel::default(),
             idle_exit: 0,
+            forward: crate::forward::Settings::default(),
             accounts: vec![Account {
                 name: "demo".to_string(),
                 path: "/weixin".to_string(),
@@ -521,6 +526,9 @@ const TOP_KEYS: &[&str] = &[
     "text_max_bytes",
     "log_level",
     "idle_exit",
+    "forward_slots",
+    "dedup_seconds",
+    "dedup_entries",
     "account",
 ];
 
@@ -561,6 +569,12 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         },
     };
     let idle_exit = top.uint("idle_exit", 0, 0, u64::MAX)?;
+    let defaults = crate::forward::Settings::default();
+    let forward = crate::forward::Settings {
+        slots: top.usize("forward_slots", defaults.slots as u64, 1, 256)?,
+        dedup_seconds: top.uint("dedup_seconds", defaults.dedup_seconds, 0, 3600)?,
+        dedup_entries: top.usize("dedup_entries", defaults.dedup_entries as u64, 16, 1 << 20)?,
+    };
 
     let (tables, span) = top
         .tables("account")?
@@ -596,6 +610,7 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         text_max_bytes,
         log_level,
         idle_exit,
+        forward,
         accounts,
     })
 }
@@ -850,6 +865,16 @@ const REPLY_KINDS: &[ReplyKind] = &[
         keys: &[],
         build: build_none,
     },
+    ReplyKind {
+        name: "forward",
+        keys: &["url", "timeout_ms", "fallback"],
+        build: build_forward,
+    },
+    ReplyKind {
+        name: "exec",
+        keys: &["command", "timeout_ms", "max_output", "fallback"],
+        build: build_exec,
+    },
 ];
 
 fn read_action(reply: &Table<'_>) -> Result<Action, ConfigError> {
@@ -943,6 +968,84 @@ fn build_none(_: &Table<'_>) -> Result<Action, ConfigError> {
     Ok(Action::NoReply)
 }
 
+/// Default and bounds of a forward/exec `timeout_ms` (WeChat waits 5 s per try, and retries
+/// twice: de-duplication lets a backend use up to ~14 s).
+const DEFAULT_FORWARD_TIMEOUT_MS: u64 = 4500;
+const MAX_FORWARD_TIMEOUT_MS: u64 = 60_000;
+const DEFAULT_EXEC_MAX_OUTPUT: u64 = 2048;
+
+/// `reply = { type = "forward", url = "http://127.0.0.1:8080/wx", timeout_ms = 4500,
+/// fallback = { type = "text", content = "…" } }`.
+fn build_forward(t: &Table<'_>) -> Result<Action, ConfigError> {
+    let (url, span) = t.required_str("url")?;
+    crate::forward::check_url(url).map_err(|m| t.err_at("url", &span, m))?;
+    forward_action(
+        t,
+        crate::forward::Target::Http {
+            url: url.to_string(),
+        },
+    )
+}
+
+/// `reply = { type = "exec", command = ["/usr/local/bin/bot", "--flag"], timeout_ms = 4500,
+/// max_output = 2048, fallback = { … } }`.
+fn build_exec(t: &Table<'_>) -> Result<Action, ConfigError> {
+    let key = "command";
+    let v = t.get(key).ok_or_else(|| t.missing(key))?;
+    let DeValue::Array(items) = v.get_ref() else {
+        return Err(t.type_error(key, v, "an array of strings ([\"/path/prog\", \"arg\"])"));
+    };
+    let mut command = Vec::with_capacity(items.len());
+    for item in items.iter() {
+        match item.get_ref() {
+            DeValue::String(s) if !s.contains('\0') => command.push(s.to_string()),
+            _ => return Err(t.err_at(key, &item.span(), "expected strings without NUL")),
+        }
+    }
+    match command.first() {
+        Some(p) if p.starts_with('/') => {}
+        _ => {
+            let message = "must start with the program's absolute path (no shell is used)";
+            return Err(t.err_at(key, &v.span(), message));
+        }
+    }
+    let max_output = t.usize("max_output", DEFAULT_EXEC_MAX_OUTPUT, 1, 1 << 20)?;
+    forward_action(
+        t,
+        crate::forward::Target::Exec {
+            command,
+            max_output,
+        },
+    )
+}
+
+fn forward_action(t: &Table<'_>, target: crate::forward::Target) -> Result<Action, ConfigError> {
+    let timeout_ms = t.uint(
+        "timeout_ms",
+        DEFAULT_FORWARD_TIMEOUT_MS,
+        1,
+        MAX_FORWARD_TIMEOUT_MS,
+    )?;
+    let fallback = match t.sub_table("fallback")? {
+        None => None,
+        Some(f) => match read_action(&f)? {
+            Action::Reply(template) => Some(template),
+            Action::NoReply => None,
+            Action::Forward(_) => {
+                let message = "the fallback must be a static reply (text, image, …, or none)";
+                return Err(t.err_here("fallback", message));
+            }
+        },
+    };
+    Ok(Action::Forward(std::sync::Arc::new(
+        crate::forward::Forward {
+            target,
+            timeout: Duration::from_millis(timeout_ms),
+            fallback,
+        },
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -959,6 +1062,7 @@ mod tests {
     fn reply_kind(action: &Action) -> &'static str {
         match action {
             Action::NoReply => "none",
+            Action::Forward(_) => "forward",
             Action::Reply(ReplyTemplate::Text { .. }) => "text",
             Action::Reply(ReplyTemplate::Image { .. }) => "image",
             Action::Reply(ReplyTemplate::Voice { .. }) => "voice",

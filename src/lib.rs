@@ -10,6 +10,7 @@
 pub mod app;
 pub mod config;
 pub mod fastcgi;
+pub mod forward;
 pub mod listener;
 pub mod log;
 pub mod notify;
