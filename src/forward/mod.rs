@@ -536,9 +536,9 @@ mod tests {
             b"<xml><FromUserName>o</FromUserName><MsgType>text</MsgType><MsgId>5</MsgId></xml>",
         )
         .expect("parse");
-        assert_eq!(dedup_key("a", &m), "m\0a\0o\05");
+        assert_eq!(dedup_key("a", &m), concat!("m\0a\0o\0", "5"));
         let e = Message::parse(b"<xml><FromUserName>o</FromUserName><CreateTime>9</CreateTime><MsgType>event</MsgType><Event>CLICK</Event><EventKey>k</EventKey></xml>")
             .expect("parse");
-        assert_eq!(dedup_key("a", &e), "e\0a\0o\09\0CLICK\0k");
+        assert_eq!(dedup_key("a", &e), concat!("e\0a\0o\0", "9\0CLICK\0k"));
     }
 }
