@@ -410,3 +410,60 @@ fn config_refuses_public_or_https_forward_urls_with_the_line() {
         assert!(s.contains(needle) && s.contains("t.toml:10:"), "{s}");
     }
 }
+
+#[test]
+#[ignore = "needs the safe-mode decrypt fix in src/app.rs (post_encrypted parses the whole decrypted buffer on this branch; fixed on branches e2e and cli) — remove after merging"]
+fn safe_mode_forward_reply_is_encrypted_like_a_template_reply() {
+    use weixin_fcgi::wechat::crypto::{self, AesKey};
+    const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+    const APP_ID: &str = "wxb11529c136998cb6";
+    let backend = Backend::start();
+    let config = format!(
+        "[[account]]\nname = \"safe\"\npath = \"/weixin\"\ntoken = \"{TOKEN}\"\napp_id = \"{APP_ID}\"\n\
+         aes_key = \"{AES}\"\n\n[[account.rule]]\nreply = {{ type = \"forward\", url = \"{}\" }}\n",
+        backend.url("ok")
+    );
+    let r = Responder::start(&config);
+    let nginx = Nginx::start(&r.socket, true);
+    let key = AesKey::from_encoding_aes_key(AES).expect("key");
+    let mut b64 = Vec::new();
+    crypto::encrypt(
+        &key,
+        APP_ID,
+        text("secret hi", next_id()).as_bytes(),
+        &mut b64,
+    )
+    .expect("encrypt");
+    let b64 = String::from_utf8(b64).expect("base64");
+    let ts = now().to_string();
+    let nonce = "4242";
+    let query = format!(
+        "signature={}&timestamp={ts}&nonce={nonce}&openid=oUser&encrypt_type=aes&msg_signature={}",
+        sign(&[TOKEN, &ts, nonce]),
+        sign(&[TOKEN, &ts, nonce, &b64])
+    );
+    let body = format!(
+        "<xml><ToUserName><![CDATA[gh_test]]></ToUserName><Encrypt><![CDATA[{b64}]]></Encrypt></xml>"
+    );
+    let resp = nginx.request("POST", &format!("/weixin?{query}"), body.as_bytes());
+    assert_eq!(resp.status, 200, "{}", r.stderr());
+    let xml = resp.text();
+    let enc = xml_field(&xml, "Encrypt").expect("encrypted reply");
+    let (rts, rnonce) = (
+        xml_field(&xml, "TimeStamp").expect("TimeStamp"),
+        xml_field(&xml, "Nonce").expect("Nonce"),
+    );
+    assert_eq!(
+        xml_field(&xml, "MsgSignature"),
+        Some(sign(&[TOKEN, &rts, &rnonce, &enc]))
+    );
+    let mut scratch = Vec::new();
+    let plain =
+        crypto::decrypt(&key, APP_ID, enc.as_bytes(), 65536, &mut scratch).expect("decrypt");
+    let plain = String::from_utf8_lossy(plain).to_string();
+    assert_eq!(
+        xml_field(&plain, "Content").as_deref(),
+        Some("echo: secret hi"),
+        "{plain}"
+    );
+}
