@@ -56,6 +56,8 @@ struct Outcomes<'a> {
     mode: &'static str,
     /// A `forward`/`exec` rule matched: the request is answered later from this job.
     deferred: Option<Box<forward::Job>>,
+    /// A menu OAuth redirect, completed later from this job.
+    oauth: Option<Box<forward::oauth::OAuthJob>>,
 }
 
 impl App {
@@ -108,12 +110,15 @@ impl Handler for App {
                 micros
             ),
         }
-        match log.deferred.take() {
-            Some(job) => {
-                let forwarder = Arc::clone(&self.forwarder);
+        let forwarder = Arc::clone(&self.forwarder);
+        match (log.deferred.take(), log.oauth.take()) {
+            (Some(job), _) => {
                 Outcome::Later(Box::new(move |pending| forwarder.submit(*job, pending)))
             }
-            None => Outcome::Done,
+            (None, Some(job)) => Outcome::Later(Box::new(move |pending| {
+                forwarder.submit_oauth(*job, pending)
+            })),
+            (None, None) => Outcome::Done,
         }
     }
 }
@@ -135,6 +140,12 @@ fn serve<'c>(
         .or_else(|| request.param_str("SCRIPT_NAME"))
         .unwrap_or("");
     let Some(account) = config.account_for_path(path) else {
+        if let Some(account) =
+            (config.accounts.iter()).find(|a| a.redirect_path.as_deref() == Some(path))
+        {
+            log.account = &account.name;
+            return oauth_redirect(config, account, request, response, log);
+        }
         return refuse(response, 404, "no account at this path");
     };
     log.account = &account.name;
@@ -188,6 +199,42 @@ fn serve<'c>(
         }
         _ => refuse(response, 405, "method not allowed (GET and POST only)"),
     }
+}
+
+/// A GET from WeChat's OAuth redirect (`code`, `state`): completed on a forward thread.
+fn oauth_redirect<'c>(
+    config: &'c Config,
+    account: &'c Account,
+    request: &Request<'_>,
+    response: &mut Response,
+    log: &mut Outcomes<'c>,
+) -> Result<(), &'static str> {
+    log.kind.set("oauth");
+    if request.param("REQUEST_METHOD") != Some(b"GET") {
+        return refuse(response, 405, "method not allowed (GET only)");
+    }
+    let query = request.param("QUERY_STRING").unwrap_or(b"");
+    let text =
+        |name: &str| query::get(query, name).map(|v| String::from_utf8_lossy(&v).into_owned());
+    let Some(code) = text("code").filter(|c| !c.is_empty()) else {
+        return refuse(response, 400, "OAuth redirect without code");
+    };
+    let (Some(app_id), Some(secret), Some(handler)) =
+        (&account.app_id, &account.app_secret, &account.menu_handler)
+    else {
+        return refuse(response, 404, "menu OAuth not configured");
+    };
+    log.oauth = Some(Box::new(forward::oauth::OAuthJob {
+        account: account.name.clone(),
+        api_base: config.oauth_api_base.clone(),
+        app_id: app_id.clone(),
+        app_secret: secret.expose().to_string(),
+        menu_handler: handler.clone(),
+        code,
+        state: text("state").unwrap_or_default(),
+    }));
+    log.outcome = "oauth";
+    Ok(())
 }
 
 fn refuse(response: &mut Response, status: u16, reason: &'static str) -> Result<(), &'static str> {

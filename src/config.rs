@@ -75,6 +75,9 @@ pub struct Config {
     /// `dedup_entries` (default 4096, 16..=1048576): the forward pool and retry table. Fixed at
     /// start (a reload keeps the running pool).
     pub forward: crate::forward::Settings,
+    /// `oauth_api_base`: the WeChat API for menu OAuth (default `https://api.weixin.qq.com`;
+    /// https needs the `tls` cargo feature).
+    pub oauth_api_base: String,
     /// `[[account]]` tables, in file order.
     pub accounts: Vec<Account>,
 }
@@ -96,6 +99,14 @@ pub struct Account {
     pub previous_aes_key: Option<AesKey>,
     /// `encrypted_only`: refuse plaintext POSTs (403) once the account is in safe mode.
     pub encrypted_only: bool,
+    /// `app_secret`: the AppSecret, for menu OAuth (never logged).
+    pub app_secret: Option<Secret>,
+    /// `redirect_path`: request path receiving WeChat's OAuth redirect (`code`, `state`);
+    /// requires `app_id`, `app_secret` and `menu_handler`.
+    pub redirect_path: Option<String>,
+    /// `menu_handler`: URL (http:// to a loopback or private address) that gets
+    /// `{"appId", "openId", "state"}` and answers `{"h", "r", "c"}`.
+    pub menu_handler: Option<String>,
     /// `[[account.rule]]` tables in match order.
     pub rules: Vec<Rule>,
 }
@@ -208,6 +219,7 @@ impl Config {
             log_level: LogLevel::default(),
             idle_exit: 0,
             forward: crate::forward::Settings::default(),
+            oauth_api_base: DEFAULT_OAUTH_API_BASE.to_string(),
             accounts: vec![Account {
                 name: "demo".to_string(),
                 path: "/weixin".to_string(),
@@ -216,6 +228,9 @@ impl Config {
                 aes_key: None,
                 previous_aes_key: None,
                 encrypted_only: false,
+                app_secret: None,
+                redirect_path: None,
+                menu_handler: None,
                 rules: Vec::new(),
             }],
         }
@@ -529,8 +544,12 @@ const TOP_KEYS: &[&str] = &[
     "forward_slots",
     "dedup_seconds",
     "dedup_entries",
+    "oauth_api_base",
     "account",
 ];
+
+/// Default `oauth_api_base`.
+pub const DEFAULT_OAUTH_API_BASE: &str = "https://api.weixin.qq.com";
 
 fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
     top.check_keys(TOP_KEYS)?;
@@ -576,6 +595,16 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         dedup_entries: top.usize("dedup_entries", defaults.dedup_entries as u64, 16, 1 << 20)?,
     };
 
+    let oauth_api_base = match top.non_empty_str("oauth_api_base")? {
+        None => DEFAULT_OAUTH_API_BASE.to_string(),
+        Some((s, span)) => {
+            if !(s.starts_with("http://") || s.starts_with("https://")) {
+                let message = "must start with https:// (or http:// for a local test API)";
+                return Err(top.err_at("oauth_api_base", &span, message));
+            }
+            s.trim_end_matches('/').to_string()
+        }
+    };
     let (tables, span) = top
         .tables("account")?
         .ok_or_else(|| top.err_here("account", "at least one [[account]] is required"))?;
@@ -586,6 +615,24 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
     let mut path_lines: Vec<usize> = Vec::with_capacity(tables.len());
     for t in &tables {
         let (account, path_span) = read_account(t)?;
+        if account.redirect_path.is_some()
+            && oauth_api_base.starts_with("https://")
+            && !cfg!(feature = "tls")
+        {
+            let message = format!(
+                "account {:?} uses menu OAuth but this build has no TLS for oauth_api_base {oauth_api_base:?} (build with --features tls)",
+                account.name
+            );
+            return Err(t.err_here("redirect_path", message));
+        }
+        if let Some(j) = accounts.iter().position(|a| {
+            a.redirect_path.as_deref() == Some(account.path.as_str())
+                || account.redirect_path.as_deref() == Some(a.path.as_str())
+                || (a.redirect_path.is_some() && a.redirect_path == account.redirect_path)
+        }) {
+            let message = format!("path or redirect_path collides with account[{j}]");
+            return Err(t.err_here("redirect_path", message));
+        }
         let path_line = t.doc.line_of(path_span.start);
         if let Some(j) = accounts.iter().position(|a| a.path == account.path) {
             let message = format!(
@@ -611,6 +658,7 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         log_level,
         idle_exit,
         forward,
+        oauth_api_base,
         accounts,
     })
 }
@@ -655,6 +703,9 @@ const ACCOUNT_KEYS: &[&str] = &[
     "aes_key",
     "previous_aes_key",
     "encrypted_only",
+    "app_secret",
+    "redirect_path",
+    "menu_handler",
     "rule",
 ];
 
@@ -720,6 +771,31 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
         None => false,
     };
 
+    let app_secret = t
+        .non_empty_str("app_secret")?
+        .map(|(s, _)| Secret(s.to_string()));
+    let menu_handler = match t.non_empty_str("menu_handler")? {
+        None => None,
+        Some((s, span)) => {
+            crate::forward::check_url(s).map_err(|m| t.err_at("menu_handler", &span, m))?;
+            Some(s.to_string())
+        }
+    };
+    let redirect_path = match t.non_empty_str("redirect_path")? {
+        None => None,
+        Some((s, span)) => {
+            if !s.starts_with('/') || s == path || s.contains(['?', '#']) {
+                let message = "must be a plain path starting with \"/\", other than path";
+                return Err(t.err_at("redirect_path", &span, message));
+            }
+            if app_id.is_none() || app_secret.is_none() || menu_handler.is_none() {
+                let message = "redirect_path requires app_id, app_secret and menu_handler";
+                return Err(t.err_at("redirect_path", &span, message));
+            }
+            Some(s.to_string())
+        }
+    };
+
     let mut rules = Vec::new();
     if let Some((tables, _)) = t.tables("rule")? {
         rules.reserve(tables.len());
@@ -736,6 +812,9 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
         aes_key,
         previous_aes_key,
         encrypted_only,
+        app_secret,
+        redirect_path,
+        menu_handler,
         rules,
     };
     Ok((account, path_span))

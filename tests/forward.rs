@@ -80,7 +80,28 @@ fn serve_backend(mut conn: TcpStream, calls: &AtomicUsize, seen: &Mutex<Vec<(Str
         .expect("seen")
         .push((path.clone(), body.clone()));
     let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    let (status, answer) = if path.starts_with("/ok/msg/text") {
+    let (status, answer) = if path.starts_with("/sns/oauth2/access_token?") {
+        let expected = "appid=wxapp&secret=s3cret%2Bx&code=CODE1&grant_type=authorization_code";
+        if path.ends_with(expected) {
+            (200, r#"{"access_token":"AT","expires_in":7200,"openid":"oOAuthUser","scope":"snsapi_base"}"#.to_string())
+        } else {
+            (
+                200,
+                r#"{"errcode":40029,"errmsg":"invalid code"}"#.to_string(),
+            )
+        }
+    } else if path == "/menu" {
+        let (open_id, state) = (
+            json["openId"].as_str().unwrap_or(""),
+            json["state"].as_str().unwrap_or(""),
+        );
+        let app_id = json["appId"].as_str().unwrap_or("");
+        if state == "go" {
+            (200, serde_json::json!({"h": {"Set-Cookie": "sid=1"}, "r": format!("http://example.com/p?u={open_id}"), "c": ""}).to_string())
+        } else {
+            (200, serde_json::json!({"h": {}, "r": "", "c": format!("<p>{app_id} {open_id} {state}</p>")}).to_string())
+        }
+    } else if path.starts_with("/ok/msg/text") {
         let content = json["Content"].as_str().unwrap_or("");
         (
             200,
@@ -465,5 +486,53 @@ fn safe_mode_forward_reply_is_encrypted_like_a_template_reply() {
         xml_field(&plain, "Content").as_deref(),
         Some("echo: secret hi"),
         "{plain}"
+    );
+}
+
+#[test]
+fn menu_oauth_exchanges_the_code_and_follows_the_menu_handler() {
+    let api = Backend::start();
+    let account_keys = format!(
+        "app_id = \"wxapp\"\napp_secret = \"s3cret+x\"\nredirect_path = \"/wxoauth\"\nmenu_handler = \"http://127.0.0.1:{}/menu\"\n",
+        api.port
+    );
+    let config = format!(
+        "oauth_api_base = \"http://127.0.0.1:{}\"\n{}",
+        api.port,
+        config_with_rules(TOKEN, &account_keys)
+    );
+    let r = Responder::start(&config);
+    let nginx = Nginx::start_with(
+        &r.socket,
+        true,
+        "location = /wxoauth { limit_except GET { deny all; } include fastcgi_params; \
+         fastcgi_pass weixin_fcgi; fastcgi_keep_conn on; fastcgi_read_timeout 15s; }",
+    );
+    let page = nginx.request("GET", "/wxoauth?code=CODE1&state=hello", b"");
+    assert_eq!(page.status, 200, "{}\n{}", page.text(), r.stderr());
+    assert_eq!(page.text(), "<p>wxapp oOAuthUser hello</p>");
+    assert_eq!(
+        page.header("Content-Type"),
+        Some("text/html; charset=utf-8")
+    );
+
+    let go = nginx.request("GET", "/wxoauth?code=CODE1&state=go", b"");
+    assert_eq!(go.status, 302, "{}", r.stderr());
+    assert_eq!(
+        go.header("Location"),
+        Some("http://example.com/p?u=oOAuthUser")
+    );
+    assert_eq!(go.header("Set-Cookie"), Some("sid=1"));
+
+    let bad = nginx.request("GET", "/wxoauth?code=WRONG&state=x", b"");
+    assert_eq!(bad.status, 502);
+    let missing = nginx.request("GET", "/wxoauth?state=x", b"");
+    assert_eq!(missing.status, 400);
+    assert!(wait_for(Duration::from_secs(2), || r
+        .stderr()
+        .contains("errcode 40029")));
+    assert!(
+        !r.stderr().contains("s3cret"),
+        "the AppSecret is never logged"
     );
 }

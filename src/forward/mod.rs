@@ -19,6 +19,7 @@
 pub mod backend;
 pub mod dedup;
 pub mod exec;
+pub mod oauth;
 
 use crate::fastcgi::{Pending, Response};
 use crate::rules::ReplyTemplate;
@@ -215,9 +216,15 @@ pub fn write_reply(reply_xml: Option<&[u8]>, encrypt: Option<&Encrypt>, response
     }
 }
 
-struct Task {
-    job: Job,
-    waiter: Waiter,
+enum Task {
+    Message {
+        job: Job,
+        waiter: Waiter,
+    },
+    OAuth {
+        job: oauth::OAuthJob,
+        pending: Pending,
+    },
 }
 
 /// The forward pool and the de-duplication table.
@@ -288,11 +295,13 @@ impl Forwarder {
             None => return busy(job, waiter),
         };
         let sender = self.sender.get_or_init(|| self.spawn());
-        if let Err(e) = sender.try_send(Task { job, waiter }) {
+        if let Err(e) = sender.try_send(Task::Message { job, waiter }) {
             // Cannot happen while busy <= slots; answer rather than drop.
             let (std::sync::mpsc::TrySendError::Full(task)
             | std::sync::mpsc::TrySendError::Disconnected(task)) = e;
-            let Task { job, waiter } = task;
+            let Task::Message { job, waiter } = task else {
+                return;
+            };
             self.busy.fetch_sub(1, Ordering::AcqRel);
             crate::log_warn!(
                 "forward account={} rule={} result=fallback reason=\"forward queue full\"",
@@ -301,6 +310,34 @@ impl Forwarder {
             );
             let answer: Answer = Arc::new(job.fallback.clone());
             finish_all(&self.dedup, &job, waiter, &answer);
+        }
+    }
+
+    /// Completes a menu OAuth redirect on a forward thread; 503 at once when every slot is busy.
+    pub fn submit_oauth(&self, job: oauth::OAuthJob, pending: Pending) {
+        let slots = self.settings.slots;
+        let acquired = self
+            .busy
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < slots).then_some(n + 1)
+            })
+            .is_ok();
+        if !acquired {
+            crate::log_warn!(
+                "oauth account={} result=error reason=\"all forward slots busy\"",
+                job.account
+            );
+            pending.finish(|r| r.plain(503, "busy, try again\n"));
+            return;
+        }
+        let sender = self.sender.get_or_init(|| self.spawn());
+        if let Err(e) = sender.try_send(Task::OAuth { job, pending }) {
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+            let (std::sync::mpsc::TrySendError::Full(task)
+            | std::sync::mpsc::TrySendError::Disconnected(task)) = e;
+            if let Task::OAuth { pending, .. } = task {
+                pending.finish(|r| r.plain(503, "busy, try again\n"));
+            }
         }
     }
 
@@ -338,8 +375,14 @@ fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
             rx.recv()
         };
-        let Ok(Task { job, waiter }) = task else {
-            return;
+        let (job, waiter) = match task {
+            Ok(Task::Message { job, waiter }) => (job, waiter),
+            Ok(Task::OAuth { job, pending }) => {
+                oauth_task(&job, pending);
+                busy.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            Err(_) => return,
         };
         let started = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)));
@@ -373,6 +416,41 @@ fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<
         };
         busy.fetch_sub(1, Ordering::AcqRel);
         finish_all(dedup, &job, waiter, &answer);
+    }
+}
+
+fn oauth_task(job: &oauth::OAuthJob, pending: Pending) {
+    let started = Instant::now();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| oauth::run(job)));
+    let ms = started.elapsed().as_millis();
+    match result {
+        Ok(Ok(page)) => {
+            crate::log_info!(
+                "oauth account={} result={} ms={ms}",
+                job.account,
+                if page.redirect.is_empty() {
+                    "page"
+                } else {
+                    "redirect"
+                }
+            );
+            pending.finish(|r| page.write(r));
+        }
+        Ok(Err(reason)) => {
+            crate::log_warn!(
+                "oauth account={} result=error reason=\"{}\" ms={ms}",
+                job.account,
+                reason.escape_debug()
+            );
+            pending.finish(|r| r.plain(502, "menu handler unavailable\n"));
+        }
+        Err(_) => {
+            crate::log_error!(
+                "oauth account={} result=error reason=\"internal error\"",
+                job.account
+            );
+            pending.finish(|r| r.plain(500, "internal error\n"));
+        }
     }
 }
 
