@@ -218,7 +218,7 @@ pub fn write_reply(reply_xml: Option<&[u8]>, encrypt: Option<&Encrypt>, response
 
 enum Task {
     Message {
-        job: Job,
+        job: Box<Job>,
         waiter: Waiter,
     },
     OAuth {
@@ -295,13 +295,17 @@ impl Forwarder {
             None => return busy(job, waiter),
         };
         let sender = self.sender.get_or_init(|| self.spawn());
-        if let Err(e) = sender.try_send(Task::Message { job, waiter }) {
+        if let Err(e) = sender.try_send(Task::Message {
+            job: Box::new(job),
+            waiter,
+        }) {
             // Cannot happen while busy <= slots; answer rather than drop.
             let (std::sync::mpsc::TrySendError::Full(task)
             | std::sync::mpsc::TrySendError::Disconnected(task)) = e;
             let Task::Message { job, waiter } = task else {
                 return;
             };
+            let job = *job;
             self.busy.fetch_sub(1, Ordering::AcqRel);
             crate::log_warn!(
                 "forward account={} rule={} result=fallback reason=\"forward queue full\"",
@@ -376,7 +380,7 @@ fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<
             rx.recv()
         };
         let (job, waiter) = match task {
-            Ok(Task::Message { job, waiter }) => (job, waiter),
+            Ok(Task::Message { job, waiter }) => (*job, waiter),
             Ok(Task::OAuth { job, pending }) => {
                 oauth_task(&job, pending);
                 busy.fetch_sub(1, Ordering::AcqRel);
