@@ -7,6 +7,7 @@
 
 use crate::config::{Account, Config};
 use crate::fastcgi::{Handler, Outcome, Request, Response};
+use crate::forward::{self, Forwarder};
 use crate::query;
 use crate::rules::{self, Action};
 use crate::wechat::crypto::{self, AesKey};
@@ -24,6 +25,8 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// request takes one snapshot and uses it throughout.
 pub struct App {
     config: RwLock<Arc<Config>>,
+    /// The forward pool and retry table (`forward`/`exec` rules), sized by the first config.
+    forwarder: Arc<Forwarder>,
 }
 
 /// Per-worker scratch space, reused across requests.
@@ -51,11 +54,16 @@ struct Outcomes<'a> {
     outcome: &'static str,
     user: u32,
     mode: &'static str,
+    /// A `forward`/`exec` rule matched: the request is answered later from this job.
+    deferred: Option<Box<forward::Job>>,
+    /// A menu OAuth redirect, completed later from this job.
+    oauth: Option<Box<forward::oauth::OAuthJob>>,
 }
 
 impl App {
     pub fn new(config: Config) -> App {
         App {
+            forwarder: Arc::new(Forwarder::new(config.forward)),
             config: RwLock::new(Arc::new(config)),
         }
     }
@@ -102,7 +110,16 @@ impl Handler for App {
                 micros
             ),
         }
-        Outcome::Done
+        let forwarder = Arc::clone(&self.forwarder);
+        match (log.deferred.take(), log.oauth.take()) {
+            (Some(job), _) => {
+                Outcome::Later(Box::new(move |pending| forwarder.submit(*job, pending)))
+            }
+            (None, Some(job)) => Outcome::Later(Box::new(move |pending| {
+                forwarder.submit_oauth(*job, pending)
+            })),
+            (None, None) => Outcome::Done,
+        }
     }
 }
 
@@ -123,6 +140,12 @@ fn serve<'c>(
         .or_else(|| request.param_str("SCRIPT_NAME"))
         .unwrap_or("");
     let Some(account) = config.account_for_path(path) else {
+        if let Some(account) =
+            (config.accounts.iter()).find(|a| a.redirect_path.as_deref() == Some(path))
+        {
+            log.account = &account.name;
+            return oauth_redirect(config, account, request, response, log);
+        }
         return refuse(response, 404, "no account at this path");
     };
     log.account = &account.name;
@@ -176,6 +199,42 @@ fn serve<'c>(
         }
         _ => refuse(response, 405, "method not allowed (GET and POST only)"),
     }
+}
+
+/// A GET from WeChat's OAuth redirect (`code`, `state`): completed on a forward thread.
+fn oauth_redirect<'c>(
+    config: &'c Config,
+    account: &'c Account,
+    request: &Request<'_>,
+    response: &mut Response,
+    log: &mut Outcomes<'c>,
+) -> Result<(), &'static str> {
+    log.kind.set("oauth");
+    if request.param("REQUEST_METHOD") != Some(b"GET") {
+        return refuse(response, 405, "method not allowed (GET only)");
+    }
+    let query = request.param("QUERY_STRING").unwrap_or(b"");
+    let text =
+        |name: &str| query::get(query, name).map(|v| String::from_utf8_lossy(&v).into_owned());
+    let Some(code) = text("code").filter(|c| !c.is_empty()) else {
+        return refuse(response, 400, "OAuth redirect without code");
+    };
+    let (Some(app_id), Some(secret), Some(handler)) =
+        (&account.app_id, &account.app_secret, &account.menu_handler)
+    else {
+        return refuse(response, 404, "menu OAuth not configured");
+    };
+    log.oauth = Some(Box::new(forward::oauth::OAuthJob {
+        account: account.name.clone(),
+        api_base: config.oauth_api_base.clone(),
+        app_id: app_id.clone(),
+        app_secret: secret.expose().to_string(),
+        menu_handler: handler.clone(),
+        code,
+        state: text("state").unwrap_or_default(),
+    }));
+    log.outcome = "oauth";
+    Ok(())
 }
 
 fn refuse(response: &mut Response, status: u16, reason: &'static str) -> Result<(), &'static str> {
@@ -293,6 +352,13 @@ fn post_encrypted<'c>(
     };
     reply.clear();
     let replied = answer(config, account, &msg, text, reply, log);
+    if let Some(job) = &mut log.deferred {
+        job.encrypt = Some(forward::Encrypt {
+            token: account.token.expose().to_string(),
+            key: key_used.clone(),
+            app_id: app_id.clone(),
+        });
+    }
     if !replied {
         finish(response, false);
         return Ok(());
@@ -373,6 +439,36 @@ fn answer<'c>(
             log.outcome = "reply";
             true
         }
+        Action::Forward(fw) => {
+            let limits = limits_for(config, msg);
+            let fallback = fw.fallback.as_ref().map(|template| {
+                let envelope = Envelope {
+                    to_user: msg.from_user(),
+                    from_user: msg.to_user(),
+                    create_time: now(),
+                };
+                let mut xml = Vec::new();
+                template.render(msg, &envelope, &limits, text, &mut xml);
+                xml
+            });
+            let dedup = config.forward.dedup_seconds > 0;
+            let job =
+                forward::Job::new(fw, &account.name, &rule.name, msg, limits, fallback, dedup);
+            log.deferred = Some(Box::new(job));
+            log.outcome = "forward";
+            false
+        }
+    }
+}
+
+fn limits_for(config: &Config, msg: &Message<'_>) -> Limits {
+    Limits {
+        text_max_bytes: config.text_max_bytes,
+        max_articles: if msg.is_event() {
+            reply::MAX_ARTICLES_FOR_EVENT
+        } else {
+            reply::MAX_ARTICLES_FOR_MESSAGE
+        },
     }
 }
 

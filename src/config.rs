@@ -71,6 +71,13 @@ pub struct Config {
     pub log_level: LogLevel,
     /// `idle_exit`: seconds without requests after which a socket-activated process exits (default 0 = off).
     pub idle_exit: u64,
+    /// `forward_slots` (default 8, 1..=256), `dedup_seconds` (default 30, 0 = off, ..=3600),
+    /// `dedup_entries` (default 4096, 16..=1048576): the forward pool and retry table. Fixed at
+    /// start (a reload keeps the running pool).
+    pub forward: crate::forward::Settings,
+    /// `oauth_api_base`: the WeChat API for menu OAuth (default `https://api.weixin.qq.com`;
+    /// https needs the `tls` cargo feature).
+    pub oauth_api_base: String,
     /// `[[account]]` tables, in file order.
     pub accounts: Vec<Account>,
 }
@@ -92,6 +99,14 @@ pub struct Account {
     pub previous_aes_key: Option<AesKey>,
     /// `encrypted_only`: refuse plaintext POSTs (403) once the account is in safe mode.
     pub encrypted_only: bool,
+    /// `app_secret`: the AppSecret, for menu OAuth (never logged).
+    pub app_secret: Option<Secret>,
+    /// `redirect_path`: request path receiving WeChat's OAuth redirect (`code`, `state`);
+    /// requires `app_id`, `app_secret` and `menu_handler`.
+    pub redirect_path: Option<String>,
+    /// `menu_handler`: URL (http:// to a loopback or private address) that gets
+    /// `{"appId", "openId", "state"}` and answers `{"h", "r", "c"}`.
+    pub menu_handler: Option<String>,
     /// `[[account.rule]]` tables in match order.
     pub rules: Vec<Rule>,
 }
@@ -203,6 +218,8 @@ impl Config {
             text_max_bytes: DEFAULT_TEXT_MAX_BYTES as usize,
             log_level: LogLevel::default(),
             idle_exit: 0,
+            forward: crate::forward::Settings::default(),
+            oauth_api_base: DEFAULT_OAUTH_API_BASE.to_string(),
             accounts: vec![Account {
                 name: "demo".to_string(),
                 path: "/weixin".to_string(),
@@ -211,6 +228,9 @@ impl Config {
                 aes_key: None,
                 previous_aes_key: None,
                 encrypted_only: false,
+                app_secret: None,
+                redirect_path: None,
+                menu_handler: None,
                 rules: Vec::new(),
             }],
         }
@@ -521,8 +541,15 @@ const TOP_KEYS: &[&str] = &[
     "text_max_bytes",
     "log_level",
     "idle_exit",
+    "forward_slots",
+    "dedup_seconds",
+    "dedup_entries",
+    "oauth_api_base",
     "account",
 ];
+
+/// Default `oauth_api_base`.
+pub const DEFAULT_OAUTH_API_BASE: &str = "https://api.weixin.qq.com";
 
 fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
     top.check_keys(TOP_KEYS)?;
@@ -561,7 +588,23 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         },
     };
     let idle_exit = top.uint("idle_exit", 0, 0, u64::MAX)?;
+    let defaults = crate::forward::Settings::default();
+    let forward = crate::forward::Settings {
+        slots: top.usize("forward_slots", defaults.slots as u64, 1, 256)?,
+        dedup_seconds: top.uint("dedup_seconds", defaults.dedup_seconds, 0, 3600)?,
+        dedup_entries: top.usize("dedup_entries", defaults.dedup_entries as u64, 16, 1 << 20)?,
+    };
 
+    let oauth_api_base = match top.non_empty_str("oauth_api_base")? {
+        None => DEFAULT_OAUTH_API_BASE.to_string(),
+        Some((s, span)) => {
+            if !(s.starts_with("http://") || s.starts_with("https://")) {
+                let message = "must start with https:// (or http:// for a local test API)";
+                return Err(top.err_at("oauth_api_base", &span, message));
+            }
+            s.trim_end_matches('/').to_string()
+        }
+    };
     let (tables, span) = top
         .tables("account")?
         .ok_or_else(|| top.err_here("account", "at least one [[account]] is required"))?;
@@ -572,6 +615,24 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
     let mut path_lines: Vec<usize> = Vec::with_capacity(tables.len());
     for t in &tables {
         let (account, path_span) = read_account(t)?;
+        if account.redirect_path.is_some()
+            && oauth_api_base.starts_with("https://")
+            && !cfg!(feature = "tls")
+        {
+            let message = format!(
+                "account {:?} uses menu OAuth but this build has no TLS for oauth_api_base {oauth_api_base:?} (build with --features tls)",
+                account.name
+            );
+            return Err(t.err_here("redirect_path", message));
+        }
+        if let Some(j) = accounts.iter().position(|a| {
+            a.redirect_path.as_deref() == Some(account.path.as_str())
+                || account.redirect_path.as_deref() == Some(a.path.as_str())
+                || (a.redirect_path.is_some() && a.redirect_path == account.redirect_path)
+        }) {
+            let message = format!("path or redirect_path collides with account[{j}]");
+            return Err(t.err_here("redirect_path", message));
+        }
         let path_line = t.doc.line_of(path_span.start);
         if let Some(j) = accounts.iter().position(|a| a.path == account.path) {
             let message = format!(
@@ -596,6 +657,8 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         text_max_bytes,
         log_level,
         idle_exit,
+        forward,
+        oauth_api_base,
         accounts,
     })
 }
@@ -640,6 +703,9 @@ const ACCOUNT_KEYS: &[&str] = &[
     "aes_key",
     "previous_aes_key",
     "encrypted_only",
+    "app_secret",
+    "redirect_path",
+    "menu_handler",
     "rule",
 ];
 
@@ -705,6 +771,31 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
         None => false,
     };
 
+    let app_secret = t
+        .non_empty_str("app_secret")?
+        .map(|(s, _)| Secret(s.to_string()));
+    let menu_handler = match t.non_empty_str("menu_handler")? {
+        None => None,
+        Some((s, span)) => {
+            crate::forward::check_url(s).map_err(|m| t.err_at("menu_handler", &span, m))?;
+            Some(s.to_string())
+        }
+    };
+    let redirect_path = match t.non_empty_str("redirect_path")? {
+        None => None,
+        Some((s, span)) => {
+            if !s.starts_with('/') || s == path || s.contains(['?', '#']) {
+                let message = "must be a plain path starting with \"/\", other than path";
+                return Err(t.err_at("redirect_path", &span, message));
+            }
+            if app_id.is_none() || app_secret.is_none() || menu_handler.is_none() {
+                let message = "redirect_path requires app_id, app_secret and menu_handler";
+                return Err(t.err_at("redirect_path", &span, message));
+            }
+            Some(s.to_string())
+        }
+    };
+
     let mut rules = Vec::new();
     if let Some((tables, _)) = t.tables("rule")? {
         rules.reserve(tables.len());
@@ -721,6 +812,9 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
         aes_key,
         previous_aes_key,
         encrypted_only,
+        app_secret,
+        redirect_path,
+        menu_handler,
         rules,
     };
     Ok((account, path_span))
@@ -850,6 +944,16 @@ const REPLY_KINDS: &[ReplyKind] = &[
         keys: &[],
         build: build_none,
     },
+    ReplyKind {
+        name: "forward",
+        keys: &["url", "timeout_ms", "fallback"],
+        build: build_forward,
+    },
+    ReplyKind {
+        name: "exec",
+        keys: &["command", "timeout_ms", "max_output", "fallback"],
+        build: build_exec,
+    },
 ];
 
 fn read_action(reply: &Table<'_>) -> Result<Action, ConfigError> {
@@ -943,6 +1047,84 @@ fn build_none(_: &Table<'_>) -> Result<Action, ConfigError> {
     Ok(Action::NoReply)
 }
 
+/// Default and bounds of a forward/exec `timeout_ms` (WeChat waits 5 s per try, and retries
+/// twice: de-duplication lets a backend use up to ~14 s).
+const DEFAULT_FORWARD_TIMEOUT_MS: u64 = 4500;
+const MAX_FORWARD_TIMEOUT_MS: u64 = 60_000;
+const DEFAULT_EXEC_MAX_OUTPUT: u64 = 2048;
+
+/// `reply = { type = "forward", url = "http://127.0.0.1:8080/wx", timeout_ms = 4500,
+/// fallback = { type = "text", content = "…" } }`.
+fn build_forward(t: &Table<'_>) -> Result<Action, ConfigError> {
+    let (url, span) = t.required_str("url")?;
+    crate::forward::check_url(url).map_err(|m| t.err_at("url", &span, m))?;
+    forward_action(
+        t,
+        crate::forward::Target::Http {
+            url: url.to_string(),
+        },
+    )
+}
+
+/// `reply = { type = "exec", command = ["/usr/local/bin/bot", "--flag"], timeout_ms = 4500,
+/// max_output = 2048, fallback = { … } }`.
+fn build_exec(t: &Table<'_>) -> Result<Action, ConfigError> {
+    let key = "command";
+    let v = t.get(key).ok_or_else(|| t.missing(key))?;
+    let DeValue::Array(items) = v.get_ref() else {
+        return Err(t.type_error(key, v, "an array of strings ([\"/path/prog\", \"arg\"])"));
+    };
+    let mut command = Vec::with_capacity(items.len());
+    for item in items.iter() {
+        match item.get_ref() {
+            DeValue::String(s) if !s.contains('\0') => command.push(s.to_string()),
+            _ => return Err(t.err_at(key, &item.span(), "expected strings without NUL")),
+        }
+    }
+    match command.first() {
+        Some(p) if p.starts_with('/') => {}
+        _ => {
+            let message = "must start with the program's absolute path (no shell is used)";
+            return Err(t.err_at(key, &v.span(), message));
+        }
+    }
+    let max_output = t.usize("max_output", DEFAULT_EXEC_MAX_OUTPUT, 1, 1 << 20)?;
+    forward_action(
+        t,
+        crate::forward::Target::Exec {
+            command,
+            max_output,
+        },
+    )
+}
+
+fn forward_action(t: &Table<'_>, target: crate::forward::Target) -> Result<Action, ConfigError> {
+    let timeout_ms = t.uint(
+        "timeout_ms",
+        DEFAULT_FORWARD_TIMEOUT_MS,
+        1,
+        MAX_FORWARD_TIMEOUT_MS,
+    )?;
+    let fallback = match t.sub_table("fallback")? {
+        None => None,
+        Some(f) => match read_action(&f)? {
+            Action::Reply(template) => Some(template),
+            Action::NoReply => None,
+            Action::Forward(_) => {
+                let message = "the fallback must be a static reply (text, image, …, or none)";
+                return Err(t.err_here("fallback", message));
+            }
+        },
+    };
+    Ok(Action::Forward(std::sync::Arc::new(
+        crate::forward::Forward {
+            target,
+            timeout: Duration::from_millis(timeout_ms),
+            fallback,
+        },
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -959,6 +1141,7 @@ mod tests {
     fn reply_kind(action: &Action) -> &'static str {
         match action {
             Action::NoReply => "none",
+            Action::Forward(_) => "forward",
             Action::Reply(ReplyTemplate::Text { .. }) => "text",
             Action::Reply(ReplyTemplate::Image { .. }) => "image",
             Action::Reply(ReplyTemplate::Voice { .. }) => "voice",

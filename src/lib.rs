@@ -11,6 +11,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod fastcgi;
+pub mod forward;
 pub mod listener;
 pub mod log;
 pub mod notify;

@@ -45,6 +45,8 @@ pub enum Action {
     Reply(ReplyTemplate),
     /// Answer `success` (no reply).
     NoReply,
+    /// Ask a backend or a program (`type = "forward"` / `"exec"`), on the forward pool.
+    Forward(std::sync::Arc<crate::forward::Forward>),
 }
 
 /// A `{Field}` template parsed into pieces.
