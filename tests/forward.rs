@@ -433,7 +433,6 @@ fn config_refuses_public_or_https_forward_urls_with_the_line() {
 }
 
 #[test]
-#[ignore = "needs the safe-mode decrypt fix in src/app.rs (post_encrypted parses the whole decrypted buffer on this branch; fixed on branches e2e and cli) — remove after merging"]
 fn safe_mode_forward_reply_is_encrypted_like_a_template_reply() {
     use weixin_fcgi::wechat::crypto::{self, AesKey};
     const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";

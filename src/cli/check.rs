@@ -254,6 +254,22 @@ fn describe_action(action: &Action) -> String {
     let reply = match action {
         Action::NoReply => return "no reply (success)".to_string(),
         Action::Reply(r) => r,
+        Action::Forward(f) => {
+            let target = match &f.target {
+                crate::forward::Target::Http { url } => format!("forward to {url}"),
+                crate::forward::Target::Exec { command, .. } => {
+                    format!("exec {}", command.first().map(String::as_str).unwrap_or(""))
+                }
+            };
+            let fallback = match &f.fallback {
+                Some(r) => describe_action(&Action::Reply(r.clone())),
+                None => "no reply (success)".to_string(),
+            };
+            return format!(
+                "{target} within {} ms, else {fallback}",
+                f.timeout.as_millis()
+            );
+        }
     };
     match reply {
         ReplyTemplate::Text { content } => format!("text {}", quote(content)),
