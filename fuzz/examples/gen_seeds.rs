@@ -17,16 +17,46 @@ const ENCRYPT: &str = "yx5hgR7qZDxx/GPgbrhUydkN0Y1UE7TxyGLQXZFNervsH89xtdP1PDHRF
 const APP_ID: &str = "wxb11529c136998cb6";
 
 const MESSAGES: &[(&str, &str)] = &[
-    ("text", "<xml><ToUserName><![CDATA[gh_account]]></ToUserName><FromUserName><![CDATA[oOpenId]]></FromUserName>\n<CreateTime>1348831860</CreateTime><MsgType><![CDATA[text]]></MsgType>\n<Content><![CDATA[this is a test]]></Content><MsgId>1234567890123456</MsgId></xml>"),
-    ("text-entities", "<?xml version=\"1.0\"?><xml><ToUserName>gh_a</ToUserName><FromUserName>o&amp;U&#x4f60;&#20320;</FromUserName><MsgType>text</MsgType><Content>a]]&gt;b<![CDATA[c]]]]><![CDATA[>d\x1d]]></Content></xml>"),
-    ("image", "<xml><ToUserName><![CDATA[gh_a]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[image]]></MsgType><PicUrl><![CDATA[http://x/y.jpg]]></PicUrl><MediaId><![CDATA[m1]]></MediaId><MsgId>2</MsgId></xml>"),
-    ("voice", "<xml><ToUserName><![CDATA[gh_a]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[voice]]></MsgType><MediaId><![CDATA[m]]></MediaId><Format><![CDATA[amr]]></Format><Recognition><![CDATA[你好]]></Recognition><MsgId>3</MsgId></xml>"),
-    ("location", "<xml><ToUserName><![CDATA[gh_a]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[location]]></MsgType><Location_X>23.134521</Location_X><Location_Y>113.358803</Location_Y><Scale>20</Scale><Label><![CDATA[位置信息]]></Label><MsgId>4</MsgId></xml>"),
-    ("event-subscribe", "<xml><ToUserName><![CDATA[gh_a]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe]]></Event><EventKey><![CDATA[qrscene_123]]></EventKey><Ticket><![CDATA[T]]></Ticket></xml>"),
-    ("event-scancode", "<xml><ToUserName><![CDATA[gh_a]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[scancode_push]]></Event><EventKey><![CDATA[k]]></EventKey><ScanCodeInfo><ScanType><![CDATA[qrcode]]></ScanType><ScanResult><![CDATA[1]]></ScanResult></ScanCodeInfo></xml>"),
-    ("event-pics", "<xml><ToUserName><![CDATA[gh_a]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[pic_weixin]]></Event><EventKey><![CDATA[k]]></EventKey><SendPicsInfo><Count>1</Count><PicList><item><PicMd5Sum><![CDATA[5a75]]></PicMd5Sum></item></PicList></SendPicsInfo></xml>"),
-    ("event-location-select", "<xml><ToUserName><![CDATA[gh_a]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[location_select]]></Event><EventKey><![CDATA[k]]></EventKey><SendLocationInfo><Location_X><![CDATA[23]]></Location_X><Location_Y><![CDATA[113]]></Location_Y><Scale><![CDATA[15]]></Scale><Label><![CDATA[L]]></Label><Poiname><![CDATA[]]></Poiname></SendLocationInfo></xml>"),
-    ("empty-and-comment", "<xml><!-- c --><Content/><Content></Content><?pi x?></xml>"),
+    (
+        "text",
+        "<xml><ToUserName><![CDATA[gh_account]]></ToUserName><FromUserName><![CDATA[oOpenId]]></FromUserName>\n<CreateTime>1348831860</CreateTime><MsgType><![CDATA[text]]></MsgType>\n<Content><![CDATA[this is a test]]></Content><MsgId>1234567890123456</MsgId></xml>",
+    ),
+    (
+        "text-entities",
+        "<?xml version=\"1.0\"?><xml><ToUserName>gh_a</ToUserName><FromUserName>o&amp;U&#x4f60;&#20320;</FromUserName><MsgType>text</MsgType><Content>a]]&gt;b<![CDATA[c]]]]><![CDATA[>d\x1d]]></Content></xml>",
+    ),
+    (
+        "image",
+        "<xml><ToUserName><![CDATA[gh_a]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[image]]></MsgType><PicUrl><![CDATA[http://x/y.jpg]]></PicUrl><MediaId><![CDATA[m1]]></MediaId><MsgId>2</MsgId></xml>",
+    ),
+    (
+        "voice",
+        "<xml><ToUserName><![CDATA[gh_a]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[voice]]></MsgType><MediaId><![CDATA[m]]></MediaId><Format><![CDATA[amr]]></Format><Recognition><![CDATA[你好]]></Recognition><MsgId>3</MsgId></xml>",
+    ),
+    (
+        "location",
+        "<xml><ToUserName><![CDATA[gh_a]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[location]]></MsgType><Location_X>23.134521</Location_X><Location_Y>113.358803</Location_Y><Scale>20</Scale><Label><![CDATA[位置信息]]></Label><MsgId>4</MsgId></xml>",
+    ),
+    (
+        "event-subscribe",
+        "<xml><ToUserName><![CDATA[gh_a]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe]]></Event><EventKey><![CDATA[qrscene_123]]></EventKey><Ticket><![CDATA[T]]></Ticket></xml>",
+    ),
+    (
+        "event-scancode",
+        "<xml><ToUserName><![CDATA[gh_a]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[scancode_push]]></Event><EventKey><![CDATA[k]]></EventKey><ScanCodeInfo><ScanType><![CDATA[qrcode]]></ScanType><ScanResult><![CDATA[1]]></ScanResult></ScanCodeInfo></xml>",
+    ),
+    (
+        "event-pics",
+        "<xml><ToUserName><![CDATA[gh_a]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[pic_weixin]]></Event><EventKey><![CDATA[k]]></EventKey><SendPicsInfo><Count>1</Count><PicList><item><PicMd5Sum><![CDATA[5a75]]></PicMd5Sum></item></PicList></SendPicsInfo></xml>",
+    ),
+    (
+        "event-location-select",
+        "<xml><ToUserName><![CDATA[gh_a]]></ToUserName><FromUserName><![CDATA[oU]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[location_select]]></Event><EventKey><![CDATA[k]]></EventKey><SendLocationInfo><Location_X><![CDATA[23]]></Location_X><Location_Y><![CDATA[113]]></Location_Y><Scale><![CDATA[15]]></Scale><Label><![CDATA[L]]></Label><Poiname><![CDATA[]]></Poiname></SendLocationInfo></xml>",
+    ),
+    (
+        "empty-and-comment",
+        "<xml><!-- c --><Content/><Content></Content><?pi x?></xml>",
+    ),
 ];
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
@@ -34,7 +64,12 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(format!("seed-{name}")), bytes).expect("write seed");
 }
 
-fn nginx_params<'a>(method: &'a str, uri: &'a str, query: &'a str, len: &'a str) -> Vec<(&'a str, &'a [u8])> {
+fn nginx_params<'a>(
+    method: &'a str,
+    uri: &'a str,
+    query: &'a str,
+    len: &'a str,
+) -> Vec<(&'a str, &'a [u8])> {
     vec![
         ("QUERY_STRING", query.as_bytes()),
         ("REQUEST_METHOD", method.as_bytes()),
@@ -93,21 +128,56 @@ fn main() {
     let t = |sel: u8, parts: &[&str]| {
         let mut v = vec![sel];
         v.extend_from_slice(parts.join("\u{0}").as_bytes());
-        v.iter().map(|&b| if b == 0 { 0xFF } else { b }).collect::<Vec<u8>>()
+        v.iter()
+            .map(|&b| if b == 0 { 0xFF } else { b })
+            .collect::<Vec<u8>>()
     };
-    write(&dir, "echo", &t(0, &["You said: {Content}", "hi ]]> there", "oUser", "gh_a", "m"]));
-    write(&dir, "truncate", &t(5, &["{Content}{Content}", "你好😀ab\u{1d}", "o", "g", ""]));
-    write(&dir, "image", &t(0x80, &["{MediaId}-{Missing}", "", "o]]>", "g\u{1}", "MEDIA"]));
+    write(
+        &dir,
+        "echo",
+        &t(
+            0,
+            &["You said: {Content}", "hi ]]> there", "oUser", "gh_a", "m"],
+        ),
+    );
+    write(
+        &dir,
+        "truncate",
+        &t(5, &["{Content}{Content}", "你好😀ab\u{1d}", "o", "g", ""]),
+    );
+    write(
+        &dir,
+        "image",
+        &t(
+            0x80,
+            &["{MediaId}-{Missing}", "", "o]]>", "g\u{1}", "MEDIA"],
+        ),
+    );
 
     // fastcgi_records: nginx-like requests.
     let dir = root.join("fastcgi_records");
     let query = format!("signature={SIGNATURE}&timestamp={TS}&nonce={NONCE}&openid=oUser");
     let text = MESSAGES[0].1.as_bytes();
     let len = text.len().to_string();
-    write(&dir, "post-text", &encode_request(1, &nginx_params("POST", "/weixin", &query, &len), text, false));
-    let verify = format!("signature={SIGNATURE}&timestamp={TS}&nonce={NONCE}&echostr=5837397520665436492");
+    write(
+        &dir,
+        "post-text",
+        &encode_request(
+            1,
+            &nginx_params("POST", "/weixin", &query, &len),
+            text,
+            false,
+        ),
+    );
+    let verify =
+        format!("signature={SIGNATURE}&timestamp={TS}&nonce={NONCE}&echostr=5837397520665436492");
     let mut keep = encode_request(1, &nginx_params("GET", "/weixin", &verify, ""), b"", true);
-    keep.extend(encode_request(2, &nginx_params("POST", "/weixin", &query, &len), text, true));
+    keep.extend(encode_request(
+        2,
+        &nginx_params("POST", "/weixin", &query, &len),
+        text,
+        true,
+    ));
     write(&dir, "keepalive-get-post", &keep);
     let safe_query = format!(
         "signature={SIGNATURE}&timestamp={TS}&nonce={NONCE}&openid=oUser&encrypt_type=aes&msg_signature={MSG_SIGNATURE}"
@@ -116,13 +186,28 @@ fn main() {
         "<xml><ToUserName><![CDATA[gh_test]]></ToUserName><Encrypt><![CDATA[{ENCRYPT}]]></Encrypt></xml>"
     );
     let slen = safe_body.len().to_string();
-    write(&dir, "post-safe", &encode_request(1, &nginx_params("POST", "/safe", &safe_query, &slen), safe_body.as_bytes(), false));
+    write(
+        &dir,
+        "post-safe",
+        &encode_request(
+            1,
+            &nginx_params("POST", "/safe", &safe_query, &slen),
+            safe_body.as_bytes(),
+            false,
+        ),
+    );
     // Management records and odd ones: GET_VALUES, an unknown type, ABORT, a second BEGIN.
     let mut mgmt = Vec::new();
     let mut pairs = Vec::new();
     record::write_pair(&mut pairs, b"FCGI_MAX_CONNS", b"");
     record::write_pair(&mut pairs, b"FCGI_MPXS_CONNS", b"");
-    record::write_header(&mut mgmt, record::kind::GET_VALUES, 0, pairs.len() as u16, 0);
+    record::write_header(
+        &mut mgmt,
+        record::kind::GET_VALUES,
+        0,
+        pairs.len() as u16,
+        0,
+    );
     mgmt.extend_from_slice(&pairs);
     record::write_header(&mut mgmt, 42, 0, 0, 0);
     record::write_begin_request(&mut mgmt, 3, record::ROLE_RESPONDER, record::FLAG_KEEP_CONN);

@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => {
             let shown = e.to_string();
-            assert!(shown.contains("fuzz.toml"), "error does not name the file: {shown}");
+            assert!(
+                shown.contains("fuzz.toml"),
+                "error does not name the file: {shown}"
+            );
         }
     }
 });

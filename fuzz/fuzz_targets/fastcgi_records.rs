@@ -152,7 +152,8 @@ fuzz_target!(|data: &[u8]| {
 
     let mut conn = UnixStream::connect(&h.socket).expect("connect");
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    conn.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     // The server may close early (malformed input): a failed write is fine.
     let _ = conn.write_all(data);
     let _ = conn.shutdown(Shutdown::Write);

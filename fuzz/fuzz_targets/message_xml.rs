@@ -25,7 +25,12 @@ fuzz_target!(|data: &[u8]| {
             continue;
         };
         out.clear();
-        reply::render(&Reply::Text { content: value }, &envelope, &limits, &mut out);
+        reply::render(
+            &Reply::Text { content: value },
+            &envelope,
+            &limits,
+            &mut out,
+        );
         let got = common::reparse_field(&out, "Content");
         let want = common::cleaned_truncated(value, limits.text_max_bytes);
         assert_eq!(got, want, "echo of <{}> changed", node.name);

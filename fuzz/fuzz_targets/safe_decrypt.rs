@@ -11,7 +11,8 @@
 
 use aes::Aes256;
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use cbc::cipher::array::Array;
 use cbc::cipher::{BlockModeEncrypt, KeyIvInit};
 use libfuzzer_sys::fuzz_target;
@@ -26,7 +27,12 @@ fn key() -> &'static (AesKey, [u8; 32]) {
     static KEY: OnceLock<(AesKey, [u8; 32])> = OnceLock::new();
     KEY.get_or_init(|| {
         let key = AesKey::from_encoding_aes_key(ENCODING_AES_KEY).expect("vector key");
-        let raw: [u8; 32] = STANDARD
+        // EncodingAESKey + "=" carries non-zero spare bits in its last character.
+        let lenient = GeneralPurpose::new(
+            &alphabet::STANDARD,
+            GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+        );
+        let raw: [u8; 32] = lenient
             .decode(format!("{ENCODING_AES_KEY}="))
             .expect("key base64")
             .try_into()
