@@ -268,26 +268,33 @@ fn post_encrypted<'c>(
         return refuse(response, 403, "msg_signature mismatch");
     }
     let Scratch { text, plain, reply } = scratch;
-    let key_used: &AesKey =
+    // `decrypt` returns the message inside `plain` (after the random prefix and length, before
+    // the AppID and padding): keep that span, not the whole decrypted block.
+    let span = |m: &[u8]| (m.as_ptr() as usize, m.len());
+    let (key_used, (msg_at, msg_len)): (&AesKey, _) =
         match crypto::decrypt(key, app_id, encrypt.as_bytes(), config.max_body, plain) {
-            Ok(_) => key,
+            Ok(m) => (key, span(m)),
             Err(first) => match &account.previous_aes_key {
-                Some(previous)
-                    if crypto::decrypt(
-                        previous,
-                        app_id,
-                        encrypt.as_bytes(),
-                        config.max_body,
-                        plain,
-                    )
-                    .is_ok() =>
-                {
-                    log.mode = "aes-previous-key";
-                    previous
-                }
-                _ => return refuse(response, 400, first.as_str()),
+                Some(previous) => match crypto::decrypt(
+                    previous,
+                    app_id,
+                    encrypt.as_bytes(),
+                    config.max_body,
+                    plain,
+                ) {
+                    Ok(m) => {
+                        log.mode = "aes-previous-key";
+                        (previous, span(m))
+                    }
+                    Err(_) => return refuse(response, 400, first.as_str()),
+                },
+                None => return refuse(response, 400, first.as_str()),
             },
         };
+    let msg_start = msg_at - plain.as_ptr() as usize;
+    let plain = plain
+        .get(msg_start..msg_start + msg_len)
+        .unwrap_or_default();
     let msg = match Message::parse(plain) {
         Ok(m) => m,
         Err(e) => return refuse(response, 400, e.as_str()),

@@ -503,3 +503,36 @@ fn content_length_lies(socket: &Path, nginx: &Nginx) {
     }
     assert_good_nginx(nginx, "after CONTENT_LENGTH lies");
 }
+
+/// Safe-mode vector from `shared/vectors/wechat-vectors.json` (token "pamtest").
+const SAFE_VECTOR_TS: &str = "1409304348";
+const SAFE_VECTOR_NONCE: &str = "xxxxxx";
+const SAFE_VECTOR_MSG_SIGNATURE: &str = "f7de5fafc9918bad3bb32dff7ed52b13bef394e3";
+const SAFE_VECTOR_BODY: &str = "<xml><ToUserName><![CDATA[gh_test]]></ToUserName><Encrypt><![CDATA[yx5hgR7qZDxx/GPgbrhUydkN0Y1UE7TxyGLQXZFNervsH89xtdP1PDHRFwrW0Vmq015nlDjJONg+uPJLV5XDdMRFzLNXx1btHEIyJpiyhEZbLPIl/VjMKO0343vzIOQ02KHWWPn7llwBCnIn1OT1g62n9KXjxGPRCcdddCNTcIetn8AfBttMkMTyb3IOL04CU5TAUCmA7Iixp0IODn1VoRgD3ffIv8Mz8f3Jf+3DahwL3oV73NTU6KibeIDFcqk4cuR+KjTBDpZYGyPk0el+VULiPhlbR9LFehYtoTSvGwvOUhrwldQBcqbDJRRD5j+/uG/NfOOP0qfRgnHv4+ye8b7uLGT0KDx8VaYtvbUY6vpfrarY035o0fpAlIoRJjWV/3oXV0sgW2yp7WwD60kZSutU/hmRvE8lcM9Hp0uOknA=]]></Encrypt></xml>";
+
+/// Regression (found while checking the fastcgi_records fuzz seeds): a valid safe-mode POST was
+/// answered 400 "message body is not UTF-8", because the handler parsed the whole decrypted
+/// block (random prefix, length, AppID, padding) instead of the message `decrypt` returned.
+#[test]
+fn safe_mode_vector_is_answered() {
+    let config = format!(
+        "timestamp_window = 0\nlog_level = \"error\"\n\n[[account]]\nname = \"safe\"\n\
+         path = \"/weixin\"\ntoken = \"pamtest\"\napp_id = \"wxb11529c136998cb6\"\n\
+         aes_key = \"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG\"\n\n[[account.rule]]\nname = \"echo\"\n\
+         reply = {{ type = \"text\", content = \"You said: {{Content}}\" }}\n"
+    );
+    let r = Responder::start(&config);
+    let signature = sign(&["pamtest", SAFE_VECTOR_TS, SAFE_VECTOR_NONCE]);
+    let query = format!(
+        "signature={signature}&timestamp={SAFE_VECTOR_TS}&nonce={SAFE_VECTOR_NONCE}\
+         &openid=oUser&encrypt_type=aes&msg_signature={SAFE_VECTOR_MSG_SIGNATURE}"
+    );
+    let body = SAFE_VECTOR_BODY.as_bytes();
+    let resp = raw_request(&r.socket, &params(&query, body.len()), body).expect("answered");
+    let text = String::from_utf8_lossy(&resp.body);
+    assert_eq!(resp.status, 200, "{text}");
+    assert!(
+        xml_field(&text, "Encrypt").is_some(),
+        "encrypted reply: {text}"
+    );
+}

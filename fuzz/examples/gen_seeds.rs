@@ -13,7 +13,7 @@ const TS: &str = "1409304348";
 const NONCE: &str = "xxxxxx";
 const SIGNATURE: &str = "76480565cbe296026c53aaacd1ad523a1ddba24f";
 const MSG_SIGNATURE: &str = "f7de5fafc9918bad3bb32dff7ed52b13bef394e3";
-const ENCRYPT: &str = "yx5hgR7qZDxx/GPgbrhUydkN0Y1UE7TxyGLQXZFNervsH89xtdP1PDHRFwrW0Vmq015nlDjJONg+uPJLV5XDdMRFzLNXx1btHEIyJpiyhEZbLPIl/VjMKO0343vzIOQ02KHWWPn7llwBCnIn1OT1g62n9KXjxGPRCcdddCNTcIetn8AfBttMkMTyb3IOL04CU5TAUCmA7Iixp0IODn1VoRgD3ffIv8Mz8f3Jf+3DahwL3oV73NTU6KibeIDFcqk4cuR+KjTBDpZYGyPk0el+VULiPhlbR9LFehYtoTSvGwvOUhrwldQBcqbDJRRD5j+/uG/NfOOP0qfRgnHv4+ye8b7uLGT0KDx8VaYtvbUY6vpfrarY035o0fpAlIoRJjWV/3oXV0sgW2yp7WwD60kZSutU/hmRvE8lcM9Hp0uOknA=";
+const ENCRYPT: &str = "gh_test]]></ToUserName><Encrypt><![CDATA[yx5hgR7qZDxx/GPgbrhUydkN0Y1UE7TxyGLQXZFNervsH89xtdP1PDHRFwrW0Vmq015nlDjJONg+uPJLV5XDdMRFzLNXx1btHEIyJpiyhEZbLPIl/VjMKO0343vzIOQ02KHWWPn7llwBCnIn1OT1g62n9KXjxGPRCcdddCNTcIetn8AfBttMkMTyb3IOL04CU5TAUCmA7Iixp0IODn1VoRgD3ffIv8Mz8f3Jf+3DahwL3oV73NTU6KibeIDFcqk4cuR+KjTBDpZYGyPk0el+VULiPhlbR9LFehYtoTSvGwvOUhrwldQBcqbDJRRD5j+/uG/NfOOP0qfRgnHv4+ye8b7uLGT0KDx8VaYtvbUY6vpfrarY035o0fpAlIoRJjWV/3oXV0sgW2yp7WwD60kZSutU/hmRvE8lcM9Hp0uOknA=";
 const APP_ID: &str = "wxb11529c136998cb6";
 
 const MESSAGES: &[(&str, &str)] = &[
