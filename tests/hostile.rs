@@ -515,13 +515,11 @@ const SAFE_VECTOR_BODY: &str = "<xml><ToUserName><![CDATA[gh_test]]></ToUserName
 /// block (random prefix, length, AppID, padding) instead of the message `decrypt` returned.
 #[test]
 fn safe_mode_vector_is_answered() {
-    let config = format!(
-        "timestamp_window = 0\nlog_level = \"error\"\n\n[[account]]\nname = \"safe\"\n\
+    let config = "timestamp_window = 0\nlog_level = \"error\"\n\n[[account]]\nname = \"safe\"\n\
          path = \"/weixin\"\ntoken = \"pamtest\"\napp_id = \"wxb11529c136998cb6\"\n\
          aes_key = \"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG\"\n\n[[account.rule]]\nname = \"echo\"\n\
-         reply = {{ type = \"text\", content = \"You said: {{Content}}\" }}\n"
-    );
-    let r = Responder::start(&config);
+         reply = { type = \"text\", content = \"You said: {Content}\" }\n";
+    let r = Responder::start(config);
     let signature = sign(&["pamtest", SAFE_VECTOR_TS, SAFE_VECTOR_NONCE]);
     let query = format!(
         "signature={signature}&timestamp={SAFE_VECTOR_TS}&nonce={SAFE_VECTOR_NONCE}\
