@@ -357,7 +357,7 @@ impl Pending {
         let written = write_all(&mut conn, &out, deadline);
         self.shared.request_done();
         match written {
-            Ok(()) if self.keep_conn => self.shared.park(conn, self.registered),
+            Ok(()) if self.keep_conn => self.shared.park(conn, self.registered, false),
             Ok(()) => self.shared.close(conn),
             Err(e) => {
                 crate::log_warn!(
@@ -418,6 +418,9 @@ struct Slab {
 
 struct Parked {
     stream: Stream,
+    /// Accepted but nothing read yet: the peer connected to send a request (nginx writes it
+    /// right after connecting). A stop waits for it instead of closing it unserved.
+    fresh: bool,
 }
 
 impl Shared {
@@ -442,16 +445,16 @@ impl Shared {
         self.open.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Parks a kept-alive connection in epoll until its next request arrives.
-    fn park(&self, stream: Stream, registered: bool) {
+    /// Parks a connection in epoll until its next (or, `fresh`, first) request arrives.
+    fn park(&self, stream: Stream, registered: bool, fresh: bool) {
         let index = {
             let mut slab = self.lock_conns();
-            if self.stopping.load(Ordering::Acquire) {
+            if self.stopping.load(Ordering::Acquire) && !fresh {
                 drop(slab);
                 self.close(stream);
                 return;
             }
-            let parked = Parked { stream };
+            let parked = Parked { stream, fresh };
             match slab.free.pop() {
                 Some(i) => {
                     slab.slots[i] = Some(parked);
@@ -491,13 +494,18 @@ impl Shared {
 
     /// Closes the parked connections with nothing to read; returns how many remain (a request,
     /// or nginx's close, is waiting on them and a worker will pick it up).
-    fn close_idle_parked(&self) -> usize {
+    /// Fresh connections (nothing read yet) are kept unless `close_fresh`.
+    fn close_idle_parked(&self, close_fresh: bool) -> usize {
         let mut remaining = 0;
         let idle: Vec<Parked> = {
             let mut slab = self.lock_conns();
             let mut idle = Vec::new();
             for i in 0..slab.slots.len() {
                 let Some(p) = &slab.slots[i] else { continue };
+                if p.fresh && !close_fresh {
+                    remaining += 1;
+                    continue;
+                }
                 let mut fds = [PollFd::new(&p.stream, PollFlags::IN)];
                 let zero = rustix::time::Timespec {
                     tv_sec: 0,
@@ -634,7 +642,11 @@ impl Server {
         s.stopping.store(true, Ordering::Release);
         let _ = epoll::delete(&s.epoll, &s.listener);
         let until = Instant::now() + deadline;
-        while s.close_idle_parked() > 0 || s.in_flight.load(Ordering::Acquire) > 0 {
+        // A just-accepted connection gets up to io_timeout to send its request.
+        let fresh_until = Instant::now() + s.config.io_timeout.min(deadline);
+        while s.close_idle_parked(Instant::now() >= fresh_until) > 0
+            || s.in_flight.load(Ordering::Acquire) > 0
+        {
             if Instant::now() >= until {
                 break;
             }
@@ -674,17 +686,16 @@ struct RequestState {
     /// Body bytes beyond `max_body` seen so far (the body is then answered 413).
     discarded: usize,
     deadline: Instant,
-    /// Just accepted and nothing read yet. The peer connected to send a request (nginx writes
-    /// it right after connecting), so the first read waits for it until `deadline` instead of
-    /// parking: an accepted connection is never closed unserved by a stop (a SIGTERM between
-    /// nginx's connect and its write would otherwise drop that request with a 502).
+    /// Just accepted and nothing read yet. Parked like any idle connection (so silent peers
+    /// never hold a worker), but a stop waits for its request instead of closing it unserved:
+    /// a SIGTERM between nginx's connect and its write would otherwise cost that request a 502.
     fresh: bool,
 }
 
 /// What serving a connection ended with.
 enum ConnEnd {
-    /// Nothing more to read now: park it for the next request.
-    Park,
+    /// Nothing more to read now: park it for the next request (`true`: nothing read yet).
+    Park(bool),
     /// Close it (peer closed, not keep-alive, error, or shutdown).
     Close,
     /// The handler deferred the response: the connection goes to a [`Pending`].
@@ -757,7 +768,7 @@ impl<H: Handler> Worker<H> {
                     token => {
                         let index = (token - TOKEN_CONN_BASE) as usize;
                         if let Some(parked) = self.shared.take_parked(index) {
-                            self.serve(parked.stream, true);
+                            self.serve(parked.stream, true, parked.fresh);
                         }
                     }
                 }
@@ -787,16 +798,16 @@ impl<H: Handler> Worker<H> {
             return;
         }
         self.shared.touch();
-        self.serve(stream, false);
+        self.serve(stream, false, true);
     }
 
     /// Serves requests on `stream` until it has nothing more to read.
-    fn serve(&mut self, mut stream: Stream, registered: bool) {
+    fn serve(&mut self, mut stream: Stream, registered: bool, fresh: bool) {
         self.start = 0;
         self.end = 0;
         self.out.clear();
-        match self.serve_requests(&mut stream, !registered) {
-            ConnEnd::Park => self.shared.park(stream, registered),
+        match self.serve_requests(&mut stream, fresh) {
+            ConnEnd::Park(fresh) => self.shared.park(stream, registered, fresh),
             ConnEnd::Close => {
                 // Whatever is queued (an END_REQUEST, GET_VALUES_RESULT) still goes out.
                 let _ = self.flush(&mut stream);
@@ -902,11 +913,7 @@ impl<H: Handler> Worker<H> {
                 self.read_buf
                     .resize(needed.clamp(READ_BUF, record::MAX_RECORD), 0);
             }
-            let deadline = if idle && !state.fresh {
-                None
-            } else {
-                Some(state.deadline)
-            };
+            let deadline = if idle { None } else { Some(state.deadline) };
             match read_some(stream, &mut self.read_buf[self.end..], deadline) {
                 Ok(0) => {
                     if !idle {
@@ -926,10 +933,10 @@ impl<H: Handler> Worker<H> {
                 }
                 // Only returned without a deadline: idle between requests.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return if self.shared.stopping.load(Ordering::Acquire) {
+                    return if self.shared.stopping.load(Ordering::Acquire) && !state.fresh {
                         ConnEnd::Close
                     } else {
-                        ConnEnd::Park
+                        ConnEnd::Park(state.fresh)
                     };
                 }
                 Err(e) => {
