@@ -23,7 +23,7 @@ enum Order {
     AfterExit,
 }
 
-fn restart_under_load(keepalive: bool, order: Order, retry_post: bool) {
+fn restart_under_load(keepalive: bool, order: Order) {
     let dir = TempDir::new("restart");
     let held = HeldSocket::bind(&dir);
     let config = dir.join("c.toml");
@@ -32,11 +32,9 @@ fn restart_under_load(keepalive: bool, order: Order, retry_post: bool) {
     // process closes that idle connection at the same instant (as it must to exit), the POST
     // fails after nginx considers it sent, and nginx does not retry a POST by default
     // (non-idempotent). WeChat already retries each message three times, so replies must be
-    // idempotent anyway: allowing nginx to retry makes this race lossless.
-    // nginx/weixin.conf (included verbatim) carries the `non_idempotent` retry itself.
-    let _ = retry_post;
-    let extra = "";
-    let nginx = Nginx::start_with(&held.path, keepalive, extra);
+    // idempotent anyway: allowing nginx to retry makes this race lossless, and
+    // nginx/weixin.conf (included verbatim) says so with `fastcgi_next_upstream … non_idempotent`.
+    let nginx = Nginx::start(&held.path, keepalive);
     let mut current = spawn_on(&held, &config, &dir.join("p0.log"));
 
     let running = Arc::new(AtomicBool::new(true));
@@ -129,23 +127,23 @@ fn restart_under_load(keepalive: bool, order: Order, retry_post: bool) {
 #[test]
 fn zero_loss_restart_without_keepalive_after_exit() {
     let _w = watchdog("restart_nokeep_after", Duration::from_secs(90));
-    restart_under_load(false, Order::AfterExit, false);
+    restart_under_load(false, Order::AfterExit);
 }
 
 #[test]
 fn zero_loss_restart_without_keepalive_overlap() {
     let _w = watchdog("restart_nokeep_overlap", Duration::from_secs(90));
-    restart_under_load(false, Order::Overlap, false);
+    restart_under_load(false, Order::Overlap);
 }
 
 #[test]
 fn zero_loss_restart_with_keepalive_after_exit() {
     let _w = watchdog("restart_keep_after", Duration::from_secs(90));
-    restart_under_load(true, Order::AfterExit, true);
+    restart_under_load(true, Order::AfterExit);
 }
 
 #[test]
 fn zero_loss_restart_with_keepalive_overlap() {
     let _w = watchdog("restart_keep_overlap", Duration::from_secs(90));
-    restart_under_load(true, Order::Overlap, true);
+    restart_under_load(true, Order::Overlap);
 }
