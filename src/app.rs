@@ -243,7 +243,8 @@ fn refuse(response: &mut Response, status: u16, reason: &'static str) -> Result<
     Err(reason)
 }
 
-fn now() -> u64 {
+/// Seconds since the epoch, for CreateTime and the timestamp window.
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -359,19 +360,59 @@ fn post_encrypted<'c>(
             app_id: app_id.clone(),
         });
     }
-    if !replied {
-        finish(response, false);
-        return Ok(());
+    let sealed = Sealer {
+        token,
+        key: key_used,
+        app_id,
+    };
+    if write_reply(replied.then_some(&reply[..]), Some(&sealed), response) {
+        Ok(())
+    } else {
+        Err("cannot encrypt the reply")
     }
-    if let Err(e) =
-        crypto::render_encrypted_reply(token, key_used, app_id, reply, now(), &mut response.body)
-    {
-        crate::log_error!("cannot encrypt the reply (no OS randomness?): {e}");
-        response.body.clear();
-        return refuse(response, 500, "cannot encrypt the reply");
+}
+
+/// What encrypts a reply for one account (borrowed: nothing is copied per request).
+pub(crate) struct Sealer<'a> {
+    pub token: &'a [u8],
+    pub key: &'a AesKey,
+    pub app_id: &'a str,
+}
+
+/// Appends `reply_xml` to the response — encrypted when `seal` is given — or the literal
+/// `success` when there is no reply. Returns false (and answers 500) when the reply cannot be
+/// encrypted, which only happens when the OS gives no randomness. Used by template replies and
+/// by forwarded ones alike.
+pub(crate) fn write_reply(
+    reply_xml: Option<&[u8]>,
+    seal: Option<&Sealer<'_>>,
+    response: &mut Response,
+) -> bool {
+    let Some(xml) = reply_xml else {
+        finish(response, false);
+        return true;
+    };
+    match seal {
+        None => response.body.extend_from_slice(xml),
+        Some(s) => {
+            let now = now();
+            if let Err(e) = crypto::render_encrypted_reply(
+                s.token,
+                s.key,
+                s.app_id,
+                xml,
+                now,
+                &mut response.body,
+            ) {
+                crate::log_error!("cannot encrypt the reply (no OS randomness?): {e}");
+                response.body.clear();
+                response.plain(500, "cannot encrypt the reply\n");
+                return false;
+            }
+        }
     }
     response.set_content_type(XML);
-    Ok(())
+    true
 }
 
 /// Sets the content type for a rendered reply, or the literal `success` for no reply.

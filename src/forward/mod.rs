@@ -23,7 +23,7 @@ pub mod oauth;
 
 use crate::fastcgi::{Pending, Response};
 use crate::rules::ReplyTemplate;
-use crate::wechat::crypto::{self, AesKey};
+use crate::wechat::crypto::AesKey;
 use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Article, Envelope, Limits, Reply};
 use backend::OwnedReply;
@@ -31,10 +31,7 @@ use dedup::{Begin, Table};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-const XML: &str = "application/xml; charset=utf-8";
-const TEXT: &str = "text/plain; charset=utf-8";
+use std::time::{Duration, Instant};
 
 /// A `forward` or `exec` action (from the config).
 #[derive(Debug, Clone)]
@@ -186,34 +183,12 @@ impl Waiter {
 
 /// Fills `response` with a reply (encrypted when `encrypt` is set) or `success`.
 pub fn write_reply(reply_xml: Option<&[u8]>, encrypt: Option<&Encrypt>, response: &mut Response) {
-    match (reply_xml, encrypt) {
-        (None, _) => {
-            response.body.extend_from_slice(reply::NO_REPLY);
-            response.set_content_type(TEXT);
-        }
-        (Some(xml), None) => {
-            response.body.extend_from_slice(xml);
-            response.set_content_type(XML);
-        }
-        (Some(xml), Some(e)) => {
-            let token = e.token.as_bytes();
-            match crypto::render_encrypted_reply(
-                token,
-                &e.key,
-                &e.app_id,
-                xml,
-                now(),
-                &mut response.body,
-            ) {
-                Ok(()) => response.set_content_type(XML),
-                Err(err) => {
-                    crate::log_error!("cannot encrypt the reply (no OS randomness?): {err}");
-                    response.body.clear();
-                    response.plain(500, "cannot encrypt the reply\n");
-                }
-            }
-        }
-    }
+    let seal = encrypt.map(|e| crate::app::Sealer {
+        token: e.token.as_bytes(),
+        key: &e.key,
+        app_id: &e.app_id,
+    });
+    crate::app::write_reply(reply_xml, seal.as_ref(), response);
 }
 
 enum Task {
@@ -495,7 +470,7 @@ fn render(job: &Job, reply: &OwnedReply) -> Option<Vec<u8>> {
     let envelope = Envelope {
         to_user: &job.to_user,
         from_user: &job.from_user,
-        create_time: now(),
+        create_time: crate::app::now(),
     };
     let mut out = Vec::with_capacity(512);
     let articles: Vec<Article<'_>>;
@@ -543,13 +518,6 @@ fn render(job: &Job, reply: &OwnedReply) -> Option<Vec<u8>> {
     };
     reply::render(&r, &envelope, &job.limits, &mut out);
     Some(out)
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Checks a forward base URL: `http://` to a loopback or private IP address (or
