@@ -17,4 +17,5 @@ pub mod log;
 pub mod notify;
 pub mod query;
 pub mod rules;
+pub mod state;
 pub mod wechat;
