@@ -19,3 +19,4 @@ pub mod query;
 pub mod rules;
 pub mod state;
 pub mod wechat;
+pub mod wxapi;
