@@ -62,8 +62,9 @@ struct Outcomes<'a> {
 
 impl App {
     pub fn new(config: Config) -> App {
+        let shared = open_shared_state(&config);
         App {
-            forwarder: Arc::new(Forwarder::new(config.forward)),
+            forwarder: Arc::new(Forwarder::new(config.forward, shared)),
             config: RwLock::new(Arc::new(config)),
         }
     }
@@ -119,6 +120,32 @@ impl Handler for App {
                 forwarder.submit_oauth(*job, pending)
             })),
             (None, None) => Outcome::Done,
+        }
+    }
+}
+
+/// Local memory for what is shared while Redis is unavailable.
+const SHARED_FALLBACK_BUDGET: usize = 4 << 20;
+
+/// The store shared with other instances (`shared_state`), probed once so that an unreachable
+/// Redis is reported at start; `None` without `shared_state`.
+fn open_shared_state(config: &Config) -> Option<Arc<dyn crate::state::Store>> {
+    let url = config.shared_state.as_deref()?;
+    let local = crate::state::MemoryStore::new(SHARED_FALLBACK_BUDGET);
+    match crate::state::shared::open(Some(url), local) {
+        Ok(store) => {
+            crate::log_info!(
+                "shared state: Redis {} (this instance's memory answers while it is unavailable)",
+                crate::state::shared::redacted(url)
+            );
+            // Any answer will do: an unreachable Redis is reported now rather than at the
+            // first forwarded message.
+            let _ = store.get(&crate::state::key("-", "probe", "start"));
+            Some(store)
+        }
+        Err(e) => {
+            crate::log_error!("shared_state: {e}; keeping state in this instance's memory only");
+            None
         }
     }
 }

@@ -78,6 +78,10 @@ pub struct Config {
     /// `oauth_api_base`: the WeChat API for menu OAuth (default `https://api.weixin.qq.com`;
     /// https needs the `tls` cargo feature).
     pub oauth_api_base: String,
+    /// `shared_state`: `redis://HOST[:PORT][/DB]` or `redis+unix:///PATH[?db=N]` to share
+    /// retries' claims and answers with other instances; `None`: this process's memory only.
+    /// Fixed at start.
+    pub shared_state: Option<String>,
     /// `[[account]]` tables, in file order.
     pub accounts: Vec<Account>,
 }
@@ -220,6 +224,7 @@ impl Config {
             idle_exit: 0,
             forward: crate::forward::Settings::default(),
             oauth_api_base: DEFAULT_OAUTH_API_BASE.to_string(),
+            shared_state: None,
             accounts: vec![Account {
                 name: "demo".to_string(),
                 path: "/weixin".to_string(),
@@ -545,6 +550,7 @@ const TOP_KEYS: &[&str] = &[
     "dedup_seconds",
     "dedup_entries",
     "oauth_api_base",
+    "shared_state",
     "account",
 ];
 
@@ -605,6 +611,17 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
             s.trim_end_matches('/').to_string()
         }
     };
+    let shared_state = match top.non_empty_str("shared_state")? {
+        None => None,
+        Some((s, span)) => {
+            crate::state::shared::check_url(s).map_err(|m| top.err_at("shared_state", &span, m))?;
+            if !cfg!(feature = "redis") {
+                let message = crate::state::shared::NO_REDIS;
+                return Err(top.err_at("shared_state", &span, message));
+            }
+            Some(s.to_string())
+        }
+    };
     let (tables, span) = top
         .tables("account")?
         .ok_or_else(|| top.err_here("account", "at least one [[account]] is required"))?;
@@ -659,6 +676,7 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         idle_exit,
         forward,
         oauth_api_base,
+        shared_state,
         accounts,
     })
 }

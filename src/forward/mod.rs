@@ -17,6 +17,7 @@
 //! fallback (or `success` without one) and log one line naming the account, rule and reason.
 
 pub mod backend;
+pub mod claim;
 pub mod dedup;
 pub mod exec;
 pub mod oauth;
@@ -27,6 +28,7 @@ use crate::wechat::crypto::AesKey;
 use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Article, Envelope, Limits, Reply};
 use backend::OwnedReply;
+use claim::{Acquired, Claims};
 use dedup::{Begin, Table};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -207,12 +209,16 @@ pub struct Forwarder {
     settings: Settings,
     busy: Arc<AtomicUsize>,
     dedup: Arc<Table<Waiter, Answer>>,
+    /// With `shared_state`: retries' claims and answers shared with other instances.
+    claims: Option<Arc<Claims>>,
     sender: OnceLock<SyncSender<Task>>,
 }
 
 impl Forwarder {
-    pub fn new(settings: Settings) -> Forwarder {
+    /// `shared`: the store shared with other instances (`shared_state`), if any.
+    pub fn new(settings: Settings, shared: Option<Arc<dyn crate::state::Store>>) -> Forwarder {
         Forwarder {
+            claims: shared.map(|store| Arc::new(Claims::new(store))),
             settings,
             busy: Arc::new(AtomicUsize::new(0)),
             dedup: Arc::new(Table::new(
@@ -327,9 +333,13 @@ impl Forwarder {
             let rx = Arc::clone(&rx);
             let busy = Arc::clone(&self.busy);
             let dedup = Arc::clone(&self.dedup);
+            let shared = self
+                .claims
+                .clone()
+                .map(|c| (c, self.settings.dedup_seconds));
             let spawned = std::thread::Builder::new()
                 .name(format!("forward-{i}"))
-                .spawn(move || forward_thread(&rx, &busy, &dedup));
+                .spawn(move || forward_thread(&rx, &busy, &dedup, shared.as_ref()));
             if let Err(e) = spawned {
                 crate::log_error!("cannot start forward thread {i}: {e}");
             }
@@ -348,7 +358,13 @@ fn busy(job: Job, waiter: Waiter) {
     waiter.answer(job.fallback.as_deref());
 }
 
-fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<Waiter, Answer>) {
+/// `shared`: the claims shared with other instances, and how long answers are kept there.
+fn forward_thread(
+    rx: &Mutex<Receiver<Task>>,
+    busy: &AtomicUsize,
+    dedup: &Table<Waiter, Answer>,
+    shared: Option<&(Arc<Claims>, u64)>,
+) {
     loop {
         let task = {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
@@ -363,38 +379,91 @@ fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<
             }
             Err(_) => return,
         };
-        let started = Instant::now();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)));
-        let ms = started.elapsed().as_millis();
-        let answer: Answer = match result {
-            Ok(Ok(reply)) => {
-                crate::log_info!(
-                    "forward account={} rule={} result=ok ms={ms}",
-                    job.account,
-                    job.rule
-                );
-                Arc::new(render(&job, &reply))
+        let answer = match (shared, &job.key) {
+            (Some((claims, keep_s)), Some(retry_key)) => {
+                shared_answer(claims, Duration::from_secs(*keep_s), &job, retry_key)
             }
-            Ok(Err(reason)) => {
-                crate::log_warn!(
-                    "forward account={} rule={} result=fallback reason=\"{}\" ms={ms}",
-                    job.account,
-                    job.rule,
-                    reason.escape_debug()
-                );
-                Arc::new(job.fallback.clone())
-            }
-            Err(_) => {
-                crate::log_error!(
-                    "forward account={} rule={} result=fallback reason=\"internal error\"",
-                    job.account,
-                    job.rule
-                );
-                Arc::new(job.fallback.clone())
-            }
+            _ => call(&job),
         };
         busy.fetch_sub(1, Ordering::AcqRel);
         finish_all(dedup, &job, waiter, &answer);
+    }
+}
+
+/// The answer for `job` when instances share retries: another instance's, or ours after
+/// claiming the message (then shared for `keep`).
+fn shared_answer(claims: &Claims, keep: Duration, job: &Job, retry_key: &str) -> Answer {
+    let key = Claims::key(&job.account, retry_key);
+    let started = Instant::now();
+    match claims.acquire(&key, job.forward.timeout + claim::CLAIM_MARGIN) {
+        Acquired::Answer(answer) => {
+            crate::log_info!(
+                "forward account={} rule={} result=duplicate-answered-shared ms={}",
+                job.account,
+                job.rule,
+                started.elapsed().as_millis()
+            );
+            Arc::new(answer)
+        }
+        Acquired::GaveUp => {
+            crate::log_warn!(
+                "forward account={} rule={} result=fallback reason=\"another instance still \
+                 holds the claim\" ms={}",
+                job.account,
+                job.rule,
+                started.elapsed().as_millis()
+            );
+            Arc::new(job.fallback.clone())
+        }
+        acquired => {
+            if acquired == Acquired::TakenOver {
+                crate::log_warn!(
+                    "forward account={} rule={} result=claim-expired reason=\"another \
+                     instance's claim expired without an answer\" waited_ms={}: calling the \
+                     backend",
+                    job.account,
+                    job.rule,
+                    started.elapsed().as_millis()
+                );
+            }
+            let answer = call(job);
+            claims.finish(&key, answer.as_deref(), keep);
+            answer
+        }
+    }
+}
+
+/// Calls the backend (or program) for `job` and renders its answer; the fallback on failure.
+fn call(job: &Job) -> Answer {
+    let started = Instant::now();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(job)));
+    let ms = started.elapsed().as_millis();
+    match result {
+        Ok(Ok(reply)) => {
+            crate::log_info!(
+                "forward account={} rule={} result=ok ms={ms}",
+                job.account,
+                job.rule
+            );
+            Arc::new(render(job, &reply))
+        }
+        Ok(Err(reason)) => {
+            crate::log_warn!(
+                "forward account={} rule={} result=fallback reason=\"{}\" ms={ms}",
+                job.account,
+                job.rule,
+                reason.escape_debug()
+            );
+            Arc::new(job.fallback.clone())
+        }
+        Err(_) => {
+            crate::log_error!(
+                "forward account={} rule={} result=fallback reason=\"internal error\"",
+                job.account,
+                job.rule
+            );
+            Arc::new(job.fallback.clone())
+        }
     }
 }
 

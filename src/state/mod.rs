@@ -10,7 +10,11 @@
 //! Keys are built with [`key`] so every deployment's keys share the `weixin-fcgi:` prefix and
 //! no id can forge another kind's key.
 
+pub mod fallback;
 mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+pub mod shared;
 
 pub use memory::{Exported, ExportedValue, MemoryStore};
 

@@ -1,0 +1,231 @@
+//! [`Store`] on Redis (`shared_state = "redis://…"`), with the `redis` crate's synchronous
+//! client: what several weixin-fcgi instances behind one nginx upstream share.
+//!
+//! Every call is one round trip under a short deadline ([`TIMEOUT`] to connect, to send and to
+//! receive); any failure is [`StoreError::Unavailable`] and the connection is dropped (a late
+//! answer must never be read as the next command's), so the caller falls back to local state
+//! at once and the next call connects afresh. Connections are kept in a small pool: a caller
+//! takes one, so workers and forward threads never wait on each other's round trips.
+//!
+//! Values read back are bounded ([`MAX_VALUE`]): a Lua script checks the length on the server,
+//! so a key filled by something else never makes this process allocate its size.
+
+use super::shared::redacted;
+use super::{Store, StoreError};
+use ::redis::{Client, Connection, ErrorKind, RedisError, Value};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Deadline of a connect, and of each send and receive.
+pub const TIMEOUT: Duration = Duration::from_millis(200);
+/// Largest value read back; a longer one is treated as absent (and a list element as popped).
+pub const MAX_VALUE: usize = 256 * 1024;
+/// Idle connections kept for reuse; callers beyond that open and close their own.
+const MAX_IDLE: usize = 16;
+
+/// GET that refuses to return more than ARGV[1] bytes: -1 instead.
+const GET_BOUNDED: &str = "local n = redis.call('STRLEN', KEYS[1]) \
+     if n > tonumber(ARGV[1]) then return -1 end \
+     return redis.call('GET', KEYS[1])";
+/// LPOP that drops, instead of returning, an element longer than ARGV[1] bytes: -1 then.
+const POP_BOUNDED: &str = "local v = redis.call('LINDEX', KEYS[1], 0) \
+     if not v then return false end \
+     redis.call('LPOP', KEYS[1]) \
+     if #v > tonumber(ARGV[1]) then return -1 end \
+     return v";
+
+/// A Redis server reached over TCP or a Unix socket.
+pub struct RedisStore {
+    client: Client,
+    idle: Mutex<Vec<Connection>>,
+    /// The URL without a password, for log lines.
+    name: String,
+}
+
+impl RedisStore {
+    /// Parses `url` (`redis://[user:password@]host[:port][/db]` or
+    /// `redis+unix:///path[?db=N]`). Does not connect: the first call does.
+    pub fn open(url: &str) -> Result<RedisStore, String> {
+        let client = Client::open(url).map_err(|e| reason(&e))?;
+        Ok(RedisStore {
+            client,
+            idle: Mutex::new(Vec::new()),
+            name: redacted(url),
+        })
+    }
+
+    /// The URL for log lines, without a password.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `f` on a pooled connection; any error drops the connection.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self
+                .connect()
+                .map_err(|e| StoreError::Unavailable(reason(&e)))?,
+        };
+        match f(&mut conn) {
+            Ok(v) => {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < MAX_IDLE {
+                    idle.push(conn);
+                }
+                Ok(v)
+            }
+            Err(e) => Err(StoreError::Unavailable(reason(&e))),
+        }
+    }
+
+    fn connect(&self) -> Result<Connection, RedisError> {
+        let conn = self.client.get_connection_with_timeout(TIMEOUT)?;
+        conn.set_read_timeout(Some(TIMEOUT))?;
+        conn.set_write_timeout(Some(TIMEOUT))?;
+        Ok(conn)
+    }
+}
+
+impl Store for RedisStore {
+    fn put_new(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let set: Value = ::redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms(ttl))
+                .query(c)?;
+            Ok(!matches!(set, Value::Nil))
+        })
+    }
+
+    fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        self.with(|c| {
+            ::redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms(ttl))
+                .query::<()>(c)
+        })
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = self.with(|c| {
+            ::redis::cmd("EVAL")
+                .arg(GET_BOUNDED)
+                .arg(1)
+                .arg(key)
+                .arg(MAX_VALUE)
+                .query::<Value>(c)
+        })?;
+        Ok(self.bounded(key, value))
+    }
+
+    fn remove(&self, key: &str) -> Result<(), StoreError> {
+        self.with(|c| ::redis::cmd("DEL").arg(key).query::<()>(c))
+    }
+
+    fn push(&self, key: &str, values: &[&[u8]], ttl: Duration) -> Result<(), StoreError> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        self.with(|c| {
+            // One round trip, applied together: a list is never left without its TTL.
+            ::redis::pipe()
+                .atomic()
+                .cmd("RPUSH")
+                .arg(key)
+                .arg(values)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(key)
+                .arg(ttl_ms(ttl))
+                .ignore()
+                .query::<()>(c)
+        })
+    }
+
+    fn pop(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = self.with(|c| {
+            ::redis::cmd("EVAL")
+                .arg(POP_BOUNDED)
+                .arg(1)
+                .arg(key)
+                .arg(MAX_VALUE)
+                .query::<Value>(c)
+        })?;
+        Ok(self.bounded(key, value))
+    }
+
+    fn list_len(&self, key: &str) -> Result<usize, StoreError> {
+        self.with(|c| ::redis::cmd("LLEN").arg(key).query::<usize>(c))
+    }
+}
+
+impl RedisStore {
+    /// The bytes of a bounded read; `None` for nil, -1 (too long) or anything unexpected.
+    fn bounded(&self, key: &str, value: Value) -> Option<Vec<u8>> {
+        match value {
+            Value::BulkString(bytes) => Some(bytes),
+            Value::Nil => None,
+            other => {
+                crate::log_warn!(
+                    "shared state: Redis {} key {} holds a value over {MAX_VALUE} bytes or of \
+                     another type ({}); ignored",
+                    self.name,
+                    key.escape_debug(),
+                    if matches!(other, Value::Int(-1)) {
+                        "too long"
+                    } else {
+                        "unexpected reply"
+                    }
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Milliseconds for PX/PEXPIRE: at least 1 (0 is an error in Redis).
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A short, one-line reason for logs: "timed out", "connection refused", the server's error.
+fn reason(e: &RedisError) -> String {
+    let text = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connection_refusal() && e.kind() == ErrorKind::Io {
+        "connection refused".to_string()
+    } else {
+        e.to_string()
+    };
+    let mut text: String = text.escape_debug().collect();
+    if text.len() > 200 {
+        let mut cut = 200;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_at_least_one_millisecond() {
+        assert_eq!(ttl_ms(Duration::ZERO), 1);
+        assert_eq!(ttl_ms(Duration::from_secs(30)), 30_000);
+    }
+}
