@@ -59,27 +59,35 @@ impl RedisStore {
         &self.name
     }
 
-    /// Runs `f` on a pooled connection; any error drops the connection.
+    /// Runs `f` on a pooled connection. A pooled connection that fails at once (Redis was
+    /// restarted since it was used) is replaced and `f` tried once more; a timeout is not
+    /// retried. Any failure drops the connection and the idle ones: they are likely as dead.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
+        f: impl Fn(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => self
-                .connect()
-                .map_err(|e| StoreError::Unavailable(reason(&e)))?,
+        let result = match pooled {
+            Some(mut conn) => match f(&mut conn) {
+                Err(e) if !e.is_timeout() && (e.is_io_error() || e.is_connection_dropped()) => {
+                    self.connect().and_then(|mut c| f(&mut c).map(|v| (v, c)))
+                }
+                other => other.map(|v| (v, conn)),
+            },
+            None => self.connect().and_then(|mut c| f(&mut c).map(|v| (v, c))),
         };
-        match f(&mut conn) {
-            Ok(v) => {
+        match result {
+            Ok((v, conn)) => {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                 if idle.len() < MAX_IDLE {
                     idle.push(conn);
                 }
                 Ok(v)
             }
-            Err(e) => Err(StoreError::Unavailable(reason(&e))),
+            Err(e) => {
+                self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                Err(StoreError::Unavailable(reason(&e)))
+            }
         }
     }
 
@@ -117,15 +125,7 @@ impl Store for RedisStore {
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let value = self.with(|c| {
-            ::redis::cmd("EVAL")
-                .arg(GET_BOUNDED)
-                .arg(1)
-                .arg(key)
-                .arg(MAX_VALUE)
-                .query::<Value>(c)
-        })?;
-        Ok(self.bounded(key, value))
+        self.read_bounded(GET_BOUNDED, key)
     }
 
     fn remove(&self, key: &str) -> Result<(), StoreError> {
@@ -153,15 +153,7 @@ impl Store for RedisStore {
     }
 
     fn pop(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let value = self.with(|c| {
-            ::redis::cmd("EVAL")
-                .arg(POP_BOUNDED)
-                .arg(1)
-                .arg(key)
-                .arg(MAX_VALUE)
-                .query::<Value>(c)
-        })?;
-        Ok(self.bounded(key, value))
+        self.read_bounded(POP_BOUNDED, key)
     }
 
     fn list_len(&self, key: &str) -> Result<usize, StoreError> {
@@ -170,9 +162,18 @@ impl Store for RedisStore {
 }
 
 impl RedisStore {
-    /// The bytes of a bounded read; `None` for nil, -1 (too long) or anything unexpected.
-    fn bounded(&self, key: &str, value: Value) -> Option<Vec<u8>> {
-        match value {
+    /// Runs `script` (one of the bounded reads) on `key`: the bytes, or `None` for nil, -1
+    /// (too long) or anything unexpected.
+    fn read_bounded(&self, script: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = self.with(|c| {
+            ::redis::cmd("EVAL")
+                .arg(script)
+                .arg(1)
+                .arg(key)
+                .arg(MAX_VALUE)
+                .query::<Value>(c)
+        })?;
+        Ok(match value {
             Value::BulkString(bytes) => Some(bytes),
             Value::Nil => None,
             other => {
@@ -189,7 +190,7 @@ impl RedisStore {
                 );
                 None
             }
-        }
+        })
     }
 }
 

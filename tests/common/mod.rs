@@ -199,6 +199,12 @@ impl Nginx {
 
     /// Like [`Nginx::start`], with extra directives in the `server {}` block.
     pub fn start_with(socket: &Path, keepalive: bool, extra_server: &str) -> Nginx {
+        Self::start_upstream(&[socket], keepalive, extra_server)
+    }
+
+    /// Like [`Nginx::start_with`], with one upstream server per socket: nginx takes them in
+    /// turn (round robin), as for several instances behind one upstream.
+    pub fn start_upstream(sockets: &[&Path], keepalive: bool, extra_server: &str) -> Nginx {
         require_tool("nginx");
         let dir = TempDir::new("nginx");
         let port = free_port();
@@ -230,7 +236,7 @@ http {{
     proxy_temp_path {dir}/tmp/proxy;
     uwsgi_temp_path {dir}/tmp/uwsgi;
     scgi_temp_path {dir}/tmp/scgi;
-    upstream weixin_fcgi {{ server unix:{socket}; {keep} }}
+    upstream weixin_fcgi {{ {servers} {keep} }}
     server {{
         listen 127.0.0.1:{port};
         {extra_server}
@@ -239,7 +245,10 @@ http {{
 }}
 ",
             dir = dir.path().display(),
-            socket = socket.display(),
+            servers = sockets
+                .iter()
+                .map(|s| format!("server unix:{};", s.display()))
+                .collect::<String>(),
             snippet = snippet.display(),
         );
         let conf_path = dir.join("nginx.conf");
@@ -325,6 +334,41 @@ impl HttpResponse {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+}
+
+/// Reads one HTTP/1.1 request from a test backend's connection: its path and body (lossy
+/// UTF-8); `None` when the peer closes or stalls for 5 s first.
+pub fn read_http_request(conn: &mut TcpStream) -> Option<(String, String)> {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while raw.len() < head_end + len {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let body = String::from_utf8_lossy(&raw[head_end..head_end + len]).to_string();
+    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+    Some((path, body))
 }
 
 /// One HTTP/1.1 request with `Connection: close` to 127.0.0.1:`port`.
@@ -1155,4 +1199,106 @@ pub fn prefix_config(token: &str, prefix: &str, top: &str) -> String {
             ),
         )
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real redis-server (Debian's package, installed by tests/run.sh) for shared state.
+
+/// A `redis-server` of its own on a free loopback port and a Unix socket in a temp dir, without
+/// persistence; killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        require_tool("redis-server");
+        let mut r = RedisServer {
+            port: free_port(),
+            dir: TempDir::new("redis"),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The Unix socket path (for `redis+unix://`).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    /// Starts the server again (same port and socket) after [`RedisServer::stop`]: empty, as
+    /// nothing is persisted.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis-server already running");
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .arg("--unixsocket")
+            .arg(self.socket())
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--daemonize", "no", "--protected-mode", "yes"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.join("redis.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let port = self.port;
+        assert!(
+            wait_for(Duration::from_secs(10), || redis_ping(port)),
+            "redis-server did not answer PING on port {port}; log:\n{}",
+            std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
+        );
+    }
+
+    /// Kills the server (SIGKILL: as if the host went away).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The server's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// True when a Redis on 127.0.0.1:`port` answers PING.
+pub fn redis_ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 16];
+    s.write_all(b"PING\r\n").is_ok()
+        && s.read(&mut buf)
+            .map(|n| &buf[..n] == b"+PONG\r\n")
+            .unwrap_or(false)
 }

@@ -1,0 +1,419 @@
+//! Several instances, one memory: two weixin-fcgi processes with the same config sharing a
+//! real `redis-server` (`shared_state`), behind real nginx, forwarding to a real HTTP backend
+//! on loopback. Built with `--features redis` (tests/run.sh does).
+#![cfg(feature = "redis")]
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "sharedtoken";
+
+/// A go-wx-gateway style backend: `/sleep-MS/msg/text` answers `slow: <Content>` after MS
+/// milliseconds, anything else `echo: <Content>` at once. Records when each call began.
+struct Backend {
+    port: u16,
+    calls: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Backend {
+    fn start() -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        let port = listener.local_addr().expect("addr").port();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let c = Arc::clone(&calls);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let c = Arc::clone(&c);
+                std::thread::spawn(move || serve(conn, &c));
+            }
+        });
+        Backend { port, calls }
+    }
+
+    fn url(&self, prefix: &str) -> String {
+        format!("http://127.0.0.1:{}/{prefix}", self.port)
+    }
+
+    fn calls(&self) -> Vec<Instant> {
+        self.calls.lock().expect("calls").clone()
+    }
+}
+
+fn serve(mut conn: TcpStream, calls: &Mutex<Vec<Instant>>) {
+    let Some((path, body)) = read_http_request(&mut conn) else {
+        return;
+    };
+    calls.lock().expect("calls").push(Instant::now());
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let content = json["Content"].as_str().unwrap_or("");
+    let sleep_ms = path
+        .strip_prefix("/sleep-")
+        .and_then(|p| p.split('/').next())
+        .and_then(|ms| ms.parse::<u64>().ok());
+    let msg = match sleep_ms {
+        Some(ms) => {
+            std::thread::sleep(Duration::from_millis(ms));
+            format!("slow: {content}")
+        }
+        None => format!("echo: {content}"),
+    };
+    let answer = serde_json::json!({"type": "text", "msg": msg}).to_string();
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    let _ = conn.write_all(reply.as_bytes());
+}
+
+/// The config both instances run: `shared_state` and one forward rule.
+fn config(shared_state: &str, backend_url: &str, timeout_ms: u64) -> String {
+    format!(
+        "shared_state = \"{shared_state}\"\n{}",
+        config_with_rules(
+            TOKEN,
+            &format!(
+                "[[account.rule]]\nname = \"bot\"\nreply = {{ type = \"forward\", url = \
+                 \"{backend_url}\", timeout_ms = {timeout_ms}, fallback = {{ type = \"text\", \
+                 content = \"fallback\" }} }}\n"
+            ),
+        )
+    )
+}
+
+/// A text message with its own MsgId (the retry key).
+fn message(content: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(1);
+    let id = 8_100_000_000 + N.fetch_add(1, Ordering::SeqCst) + u64::from(std::process::id());
+    format!(
+        "<xml><ToUserName><![CDATA[gh_test]]></ToUserName><FromUserName><![CDATA[oUser]]>\
+         </FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[text]]></MsgType>\
+         <Content><![CDATA[{content}]]></Content><MsgId>{id}</MsgId></xml>",
+        now()
+    )
+}
+
+/// One attempt through the nginx on `port`: status and the reply's Content.
+fn attempt(port: u16, message: &str) -> (u16, Option<String>) {
+    let query = format!("/weixin?{}", signed_query(TOKEN));
+    match try_http(port, "POST", &query, message.as_bytes()) {
+        Ok(resp) => (resp.status, xml_field(&resp.text(), "Content")),
+        Err(e) => panic!("HTTP to nginx failed: {e}"),
+    }
+}
+
+/// Keys (`KEYS weixin-fcgi:*`) and their remaining TTL in ms, read with the redis crate.
+fn shared_keys(redis: &RedisServer) -> Vec<(String, i64, Vec<u8>)> {
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut c = client.get_connection().expect("connect to redis-server");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("weixin-fcgi:*")
+        .query(&mut c)
+        .expect("KEYS");
+    keys.into_iter()
+        .map(|k| {
+            let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut c).expect("PTTL");
+            let v: Vec<u8> = redis::cmd("GET").arg(&k).query(&mut c).unwrap_or_default();
+            (k, ttl, v)
+        })
+        .collect()
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
+}
+
+#[test]
+fn attempts_alternating_between_instances_reach_a_slow_backend_once() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    let config = config(&redis.url(), &backend.url("sleep-3000"), 4500);
+    let a = Responder::start(&config);
+    let b = Responder::start(&config);
+    let nginx = Nginx::start_upstream(&[&a.socket, &b.socket], true, "");
+    let port = nginx.port;
+    // WeChat retries every 5 s; here every second, with a backend needing 3 s, so that
+    // attempts reach both instances while the first is still waiting for the backend.
+    let msg = message("retry me");
+    let started = Instant::now();
+    let attempts: Vec<_> = (0..5u64)
+        .map(|i| {
+            let msg = msg.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(1000 * i));
+                attempt(port, &msg)
+            })
+        })
+        .collect();
+    for (i, t) in attempts.into_iter().enumerate() {
+        let (status, content) = t.join().expect("attempt");
+        assert_eq!(status, 200, "attempt {i}");
+        assert_eq!(
+            content.as_deref(),
+            Some("slow: retry me"),
+            "attempt {i}\nA:\n{}\nB:\n{}",
+            a.stderr(),
+            b.stderr()
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(9));
+    assert_eq!(
+        backend.calls().len(),
+        1,
+        "the backend sees the message once"
+    );
+    let (la, lb) = (a.stderr(), b.stderr());
+    // Both instances answered attempts (nginx takes them in turn) ...
+    assert!(count(&la, "request account=test") >= 2, "A:\n{la}");
+    assert!(count(&lb, "request account=test") >= 2, "B:\n{lb}");
+    // ... one called the backend, the other waited for its answer in Redis.
+    let (caller, waiter) = if la.contains("result=ok") {
+        (&la, &lb)
+    } else {
+        (&lb, &la)
+    };
+    assert_eq!(count(caller, "rule=bot result=ok"), 1, "{caller}");
+    assert_eq!(count(waiter, "rule=bot result=ok"), 0, "{waiter}");
+    assert_eq!(
+        count(waiter, "result=duplicate-answered-shared"),
+        1,
+        "{waiter}"
+    );
+}
+
+#[test]
+fn a_retry_on_the_other_instance_is_answered_from_shared_state() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    let config = config(&redis.url(), &backend.url("ok"), 3000);
+    let a = Responder::start(&config);
+    let b = Responder::start(&config);
+    let (nginx_a, nginx_b) = (Nginx::start(&a.socket, true), Nginx::start(&b.socket, true));
+
+    let msg = message("once");
+    assert_eq!(
+        attempt(nginx_a.port, &msg),
+        (200, Some("echo: once".into()))
+    );
+    assert_eq!(
+        attempt(nginx_b.port, &msg),
+        (200, Some("echo: once".into()))
+    );
+    assert_eq!(
+        backend.calls().len(),
+        1,
+        "B answered from Redis:\n{}",
+        b.stderr()
+    );
+    assert!(
+        b.stderr()
+            .contains("rule=bot result=duplicate-answered-shared")
+    );
+    // Another message is another key.
+    assert_eq!(
+        attempt(nginx_b.port, &message("twice")),
+        (200, Some("echo: twice".into()))
+    );
+    assert_eq!(backend.calls().len(), 2);
+
+    // What Redis holds: prefixed keys with a TTL (dedup_seconds, 30 s), no OpenID in a name,
+    // the finished reply as value.
+    let keys = shared_keys(&redis);
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for (key, ttl, value) in &keys {
+        assert!(key.starts_with("weixin-fcgi:test:retry:"), "{key}");
+        assert!(!key.contains("oUser"), "{key}");
+        assert!(*ttl > 25_000 && *ttl <= 30_000, "{key} ttl {ttl} ms");
+        assert_eq!(value.first(), Some(&b'R'), "{key}: a finished reply");
+        assert!(String::from_utf8_lossy(value).contains("echo: "));
+    }
+}
+
+#[test]
+fn state_survives_restarting_an_instance_over_a_unix_socket() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    let url = format!("redis+unix://{}?db=1", redis.socket().display());
+    let config = config(&url, &backend.url("ok"), 3000);
+    let msg = message("before restart");
+    {
+        let a = Responder::start(&config);
+        let nginx = Nginx::start(&a.socket, true);
+        assert_eq!(
+            attempt(nginx.port, &msg),
+            (200, Some("echo: before restart".into()))
+        );
+        a.signal("TERM");
+    }
+    let a = Responder::start(&config);
+    let nginx = Nginx::start(&a.socket, true);
+    assert_eq!(
+        attempt(nginx.port, &msg),
+        (200, Some("echo: before restart".into())),
+        "{}",
+        a.stderr()
+    );
+    assert_eq!(
+        backend.calls().len(),
+        1,
+        "answered from Redis:\n{}",
+        a.stderr()
+    );
+    assert!(a.stderr().contains("result=duplicate-answered-shared"));
+    assert!(
+        shared_keys(&redis).is_empty(),
+        "db=1 was used, not db 0 (KEYS looks at db 0)"
+    );
+}
+
+#[test]
+fn redis_stopped_still_answers_with_one_warning_and_comes_back() {
+    let mut redis = RedisServer::start();
+    let backend = Backend::start();
+    let config = config(&redis.url(), &backend.url("ok"), 3000);
+    let a = Responder::start(&config);
+    let nginx = Nginx::start(&a.socket, true);
+    assert_eq!(
+        attempt(nginx.port, &message("up")),
+        (200, Some("echo: up".into()))
+    );
+    assert_eq!(shared_keys(&redis).len(), 1);
+
+    redis.stop();
+    for i in 0..4 {
+        let started = Instant::now();
+        let content = format!("down {i}");
+        assert_eq!(
+            attempt(nginx.port, &message(&content)),
+            (200, Some(format!("echo: {content}"))),
+            "{}",
+            a.stderr()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "answered without waiting on Redis"
+        );
+    }
+    let log = a.stderr();
+    let warning = format!(
+        "shared state: Redis {} unavailable (connection refused); answering from this \
+         instance's memory",
+        redis.url()
+    );
+    assert_eq!(
+        count(&log, &warning),
+        1,
+        "one warning, not one per call:\n{log}"
+    );
+    // Retries still de-duplicate locally while Redis is away.
+    let msg = message("local retry");
+    assert_eq!(
+        attempt(nginx.port, &msg),
+        (200, Some("echo: local retry".into()))
+    );
+    assert_eq!(
+        attempt(nginx.port, &msg),
+        (200, Some("echo: local retry".into()))
+    );
+    assert_eq!(backend.calls().len(), 6);
+
+    redis.restart();
+    std::thread::sleep(Duration::from_millis(1200)); // past the 1 s retry interval
+    assert_eq!(
+        attempt(nginx.port, &message("back")),
+        (200, Some("echo: back".into()))
+    );
+    assert!(
+        wait_for(Duration::from_secs(2), || a.stderr().contains(&format!(
+            "shared state: Redis {} is back after",
+            redis.url()
+        ))),
+        "{}",
+        a.stderr()
+    );
+    let keys = shared_keys(&redis);
+    assert_eq!(keys.len(), 1, "the new answer is in Redis again: {keys:?}");
+}
+
+#[test]
+fn a_stalled_redis_costs_one_short_timeout_then_local_memory_answers() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    let a = Responder::start(&config(&redis.url(), &backend.url("ok"), 3000));
+    let nginx = Nginx::start(&a.socket, true);
+    assert_eq!(
+        attempt(nginx.port, &message("warm")),
+        (200, Some("echo: warm".into()))
+    );
+    let pid = redis.pid().expect("redis running").to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .map(|s| s.success());
+        assert_eq!(ok.ok(), Some(true), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let answered = attempt(nginx.port, &message("stalled"));
+    let took = started.elapsed();
+    signal("-CONT");
+    assert_eq!(answered, (200, Some("echo: stalled".into())));
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let log = a.stderr();
+    assert!(
+        log.contains(&format!(
+            "shared state: Redis {} unavailable (timed out)",
+            redis.url()
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_instance_killed_mid_call_leaves_a_claim_that_expires_and_a_later_retry_is_answered() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    // Backend needs 2 s; timeout_ms 2500 → a claim lives 2.5 + 2 = 4.5 s.
+    let config = config(&redis.url(), &backend.url("sleep-2000"), 2500);
+    let mut a = Responder::start(&config);
+    let b = Responder::start(&config);
+    let (nginx_a, nginx_b) = (Nginx::start(&a.socket, true), Nginx::start(&b.socket, true));
+    let msg = message("orphan");
+
+    let first = {
+        let (port, msg) = (nginx_a.port, msg.clone());
+        std::thread::spawn(move || attempt(port, &msg))
+    };
+    assert!(wait_for(Duration::from_secs(5), || backend.calls().len() == 1));
+    let _ = a.child.kill(); // SIGKILL while it holds the claim
+    let _ = a.child.wait();
+    let (status, _) = first.join().expect("first attempt");
+    assert_ne!(status, 200, "A died before answering");
+
+    // WeChat's retry reaches B, which waits for the claim of dead A to expire, then calls
+    // the backend itself; that attempt outlives nginx's 5 s, the next one gets the answer.
+    let second = {
+        let (port, msg) = (nginx_b.port, msg.clone());
+        std::thread::spawn(move || attempt(port, &msg))
+    };
+    std::thread::sleep(Duration::from_millis(4000));
+    let (status, content) = attempt(nginx_b.port, &msg);
+    assert_eq!(status, 200, "{}", b.stderr());
+    assert_eq!(content.as_deref(), Some("slow: orphan"), "{}", b.stderr());
+    let _ = second.join();
+
+    let calls = backend.calls();
+    assert_eq!(calls.len(), 2, "{}", b.stderr());
+    let gap = calls[1] - calls[0];
+    assert!(
+        gap >= Duration::from_millis(4400),
+        "second call only after the claim expired: {gap:?}"
+    );
+    assert!(b.stderr().contains("rule=bot result=claim-expired"));
+}
