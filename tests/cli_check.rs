@@ -276,3 +276,23 @@ fn checks_the_config_a_test_writes() {
     let o = check(&["--config", path.to_str().expect("utf-8")]);
     assert_ok(&o, &["account test: path /weixin, mode plain, 1 rule"], &[]);
 }
+
+#[cfg(not(feature = "redis"))]
+#[test]
+fn shared_state_needs_a_build_with_redis() {
+    let dir = TempDir::new("cli-check");
+    let path = dir.join("weixin-fcgi.toml");
+    let config = config_with_rules("tok", "");
+    std::fs::write(
+        &path,
+        format!("shared_state = \"redis://127.0.0.1:6379/0\"\n{config}"),
+    )
+    .expect("write config");
+    let o = check(&["--config", path.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(":1: shared_state: this build has no Redis support: build with"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -2,8 +2,9 @@
 # The whole test suite, as README.md gives it and .ci/run calls it, on a fresh Debian/Ubuntu
 # machine: installs the system packages the tests use (real nginx, cgi-fcgi from libfcgi-bin,
 # systemd-socket-activate and systemd-analyze, Python's cryptography for independent safe-mode
-# checks), then runs format and lint checks, every unit and integration test, and the
-# unit-file / nginx-snippet checks.
+# checks, redis-server for shared state), then runs format and lint checks, every unit and
+# integration test (and, built with `--features redis`, the unit tests and the shared-state
+# tests against a real redis-server), and the unit-file / nginx-snippet checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light
 command -v cgi-fcgi >/dev/null 2>&1 || need+=(libfcgi-bin)
 command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 /usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1 || need+=(python3 python3-cryptography)
 if [ ${#need[@]} -gt 0 ]; then
     echo "== installing: ${need[*]}"
@@ -27,8 +29,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --quiet --all-targets -- -D warnings
+echo "== cargo clippy --all-targets --features redis -- -D warnings"
+cargo clippy --quiet --all-targets --features redis -- -D warnings
 echo "== cargo test"
 cargo test --quiet --no-fail-fast
+echo "== cargo test --features redis --lib --test shared_state"
+cargo test --quiet --no-fail-fast --features redis --lib --test shared_state
 echo "== unit files and nginx snippet"
 cargo build --quiet
 bash tests/ops/check-units.sh "$PWD/target/debug/weixin-fcgi"

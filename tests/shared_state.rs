@@ -417,3 +417,44 @@ fn an_instance_killed_mid_call_leaves_a_claim_that_expires_and_a_later_retry_is_
     );
     assert!(b.stderr().contains("rule=bot result=claim-expired"));
 }
+
+#[test]
+fn check_summarizes_shared_state_without_its_password_and_refuses_public_hosts() {
+    let dir = TempDir::new("shared-check");
+    let path = dir.join("weixin-fcgi.toml");
+    let run = |shared_state: &str| {
+        std::fs::write(&path, config(shared_state, "http://127.0.0.1:9/x", 3000)).expect("write");
+        std::process::Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run check")
+    };
+    let o = run("redis://:s3cret@10.1.2.3:6380/2");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("shared_state Redis redis://***@10.1.2.3:6380/2 (retry claims"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret"), "{out}");
+    for (url, why) in [
+        (
+            "redis://203.0.113.7:6379/0",
+            "is not a loopback or private IP address",
+        ),
+        ("rediss://127.0.0.1:6379/0", "TLS to Redis is not supported"),
+        (
+            "redis+unix://run/redis.sock",
+            "needs an absolute socket path",
+        ),
+    ] {
+        let o = run(url);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{url}");
+        assert!(
+            err.contains(":1: shared_state: ") && err.contains(why),
+            "{url}: {err}"
+        );
+    }
+}

@@ -168,6 +168,14 @@ pub fn report(config: &Config) -> (String, Vec<String>) {
         format!("{:?}", config.log_level).to_lowercase(),
         config.idle_exit
     );
+    if let Some(url) = &config.shared_state {
+        let _ = writeln!(
+            out,
+            "shared_state Redis {} (retry claims and answers shared with other instances; this \
+             instance's memory while Redis is unavailable)",
+            crate::state::shared::redacted(url)
+        );
+    }
     let mut warnings = Vec::new();
     for account in &config.accounts {
         let _ = writeln!(

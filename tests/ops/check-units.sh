@@ -98,9 +98,12 @@ check_exposure() { # check_exposure LABEL
 }
 if command -v systemd-analyze >/dev/null; then
     check_exposure "weixin-fcgi.service"
-    cp "$SYSTEMD_DIR/forwarding.conf" "$UNITDIR/weixin-fcgi.service.d/"
-    check_exposure "weixin-fcgi.service + forwarding.conf"
-    rm "$UNITDIR/weixin-fcgi.service.d/forwarding.conf"
+    # Each drop-in on its own: forwarding.conf (backends), shared-state.conf (Redis over TCP).
+    for dropin in forwarding.conf shared-state.conf; do
+        cp "$SYSTEMD_DIR/$dropin" "$UNITDIR/weixin-fcgi.service.d/"
+        check_exposure "weixin-fcgi.service + $dropin"
+        rm "$UNITDIR/weixin-fcgi.service.d/$dropin"
+    done
 else
     fail security "systemd-analyze not found (package systemd)"
 fi
@@ -123,9 +126,11 @@ verify() { # verify LABEL: systemd-analyze verify both units in $ROOT; any outpu
 }
 if command -v systemd-analyze >/dev/null; then
     verify "weixin-fcgi.socket, weixin-fcgi.service"
-    cp "$SYSTEMD_DIR/forwarding.conf" "$UNITDIR/weixin-fcgi.service.d/"
-    verify "with forwarding.conf"
-    rm "$UNITDIR/weixin-fcgi.service.d/forwarding.conf"
+    for dropin in forwarding.conf shared-state.conf; do
+        cp "$SYSTEMD_DIR/$dropin" "$UNITDIR/weixin-fcgi.service.d/"
+        verify "with $dropin"
+        rm "$UNITDIR/weixin-fcgi.service.d/$dropin"
+    done
 else
     fail verify "systemd-analyze not found (package systemd)"
 fi
