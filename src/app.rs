@@ -27,6 +27,9 @@ pub struct App {
     config: RwLock<Arc<Config>>,
     /// The forward pool and retry table (`forward`/`exec` rules), sized by the first config.
     forwarder: Arc<Forwarder>,
+    /// State beyond one request: this process's memory, or Redis (`shared_state`, fixed at
+    /// start) shared with other instances.
+    state: Arc<dyn crate::state::Store>,
 }
 
 /// Per-worker scratch space, reused across requests.
@@ -62,9 +65,13 @@ struct Outcomes<'a> {
 
 impl App {
     pub fn new(config: Config) -> App {
-        let shared = open_shared_state(&config);
+        let (state, shared) = crate::state::shared::open(config.shared_state.as_deref());
         App {
-            forwarder: Arc::new(Forwarder::new(config.forward, shared)),
+            forwarder: Arc::new(Forwarder::new(
+                config.forward,
+                shared.then(|| Arc::clone(&state)),
+            )),
+            state,
             config: RwLock::new(Arc::new(config)),
         }
     }
@@ -72,6 +79,11 @@ impl App {
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The state store (see [`crate::state`]).
+    pub fn state(&self) -> Arc<dyn crate::state::Store> {
+        Arc::clone(&self.state)
     }
 
     /// Replaces the config; requests already running keep the one they started with.
@@ -120,32 +132,6 @@ impl Handler for App {
                 forwarder.submit_oauth(*job, pending)
             })),
             (None, None) => Outcome::Done,
-        }
-    }
-}
-
-/// Local memory for what is shared while Redis is unavailable.
-const SHARED_FALLBACK_BUDGET: usize = 4 << 20;
-
-/// The store shared with other instances (`shared_state`), probed once so that an unreachable
-/// Redis is reported at start; `None` without `shared_state`.
-fn open_shared_state(config: &Config) -> Option<Arc<dyn crate::state::Store>> {
-    let url = config.shared_state.as_deref()?;
-    let local = crate::state::MemoryStore::new(SHARED_FALLBACK_BUDGET);
-    match crate::state::shared::open(Some(url), local) {
-        Ok(store) => {
-            crate::log_info!(
-                "shared state: Redis {} (this instance's memory answers while it is unavailable)",
-                crate::state::shared::redacted(url)
-            );
-            // Any answer will do: an unreachable Redis is reported now rather than at the
-            // first forwarded message.
-            let _ = store.get(&crate::state::key("-", "probe", "start"));
-            Some(store)
-        }
-        Err(e) => {
-            crate::log_error!("shared_state: {e}; keeping state in this instance's memory only");
-            None
         }
     }
 }

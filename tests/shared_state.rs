@@ -10,6 +10,9 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use weixin_fcgi::state::fallback::FallbackStore;
+use weixin_fcgi::state::redis::{MAX_VALUE, RedisStore};
+use weixin_fcgi::state::{MemoryStore, Store, StoreError};
 
 const TOKEN: &str = "sharedtoken";
 
@@ -456,5 +459,154 @@ fn check_summarizes_shared_state_without_its_password_and_refuses_public_hosts()
             err.contains(":1: shared_state: ") && err.contains(why),
             "{url}: {err}"
         );
+    }
+}
+
+/// The same operations on any store, as a transcript of results.
+fn exercise(store: &dyn Store, prefix: &str) -> Vec<String> {
+    let k = |name: &str| format!("weixin-fcgi:{prefix}:t:{name}");
+    let long = Duration::from_secs(60);
+    let binary: Vec<u8> = (0..=255u8).collect();
+    let mut out = Vec::new();
+    let mut log = |what: &str, r: String| out.push(format!("{what} -> {r}"));
+    log(
+        "put_new a",
+        format!("{:?}", store.put_new(&k("a"), b"1", long)),
+    );
+    log(
+        "put_new a again",
+        format!("{:?}", store.put_new(&k("a"), b"2", long)),
+    );
+    log("get a", format!("{:?}", store.get(&k("a"))));
+    log("put a", format!("{:?}", store.put(&k("a"), &binary, long)));
+    log("get a", format!("{:?}", store.get(&k("a"))));
+    log("remove a", format!("{:?}", store.remove(&k("a"))));
+    log("get a", format!("{:?}", store.get(&k("a"))));
+    log(
+        "remove absent",
+        format!("{:?}", store.remove(&k("nothing"))),
+    );
+    log(
+        "push l",
+        format!("{:?}", store.push(&k("l"), &[b"x", b"", b"z"], long)),
+    );
+    log(
+        "push l",
+        format!("{:?}", store.push(&k("l"), &[&binary], long)),
+    );
+    log("len l", format!("{:?}", store.list_len(&k("l"))));
+    log("get l (a list)", format!("{:?}", store.get(&k("l"))));
+    log(
+        "put_new l (taken)",
+        format!("{:?}", store.put_new(&k("l"), b"s", long)),
+    );
+    for _ in 0..5 {
+        log("pop l", format!("{:?}", store.pop(&k("l"))));
+    }
+    log("len absent", format!("{:?}", store.list_len(&k("nothing"))));
+    log("put s", format!("{:?}", store.put(&k("s"), b"str", long)));
+    log("len s (a string)", format!("{:?}", store.list_len(&k("s"))));
+    log("pop s (a string)", format!("{:?}", store.pop(&k("s"))));
+    log(
+        "push s (replaces)",
+        format!("{:?}", store.push(&k("s"), &[b"e"], long)),
+    );
+    log("pop s", format!("{:?}", store.pop(&k("s"))));
+    log(
+        "put l2 over list",
+        format!("{:?}", store.push(&k("l2"), &[b"e"], long)),
+    );
+    log("put l2", format!("{:?}", store.put(&k("l2"), b"v", long)));
+    log("get l2", format!("{:?}", store.get(&k("l2"))));
+    let short = Duration::from_millis(300);
+    log(
+        "put_new e",
+        format!("{:?}", store.put_new(&k("e"), b"1", short)),
+    );
+    log(
+        "push f",
+        format!("{:?}", store.push(&k("f"), &[b"1"], short)),
+    );
+    std::thread::sleep(Duration::from_millis(450));
+    log("get e (expired)", format!("{:?}", store.get(&k("e"))));
+    log("len f (expired)", format!("{:?}", store.list_len(&k("f"))));
+    log(
+        "put_new e (expired)",
+        format!("{:?}", store.put_new(&k("e"), b"2", long)),
+    );
+    out
+}
+
+#[test]
+fn redis_store_behaves_like_memory_store() {
+    let redis = RedisServer::start();
+    let memory = MemoryStore::new(1 << 20);
+    let shared = RedisStore::open(&redis.url()).expect("open");
+    let want = exercise(&memory, "m");
+    let got = exercise(&shared, "r");
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(w, g);
+    }
+    assert_eq!(want.len(), got.len());
+    // Over a dead Redis the fallback answers the same from memory.
+    let dead = format!("redis://127.0.0.1:{}/0", free_port());
+    let fallback = FallbackStore::new(
+        RedisStore::open(&dead).expect("open"),
+        MemoryStore::new(1 << 20),
+        "Redis (dead)".into(),
+    );
+    assert_eq!(exercise(&fallback, "f"), want);
+    assert!(fallback.degraded());
+}
+
+#[test]
+fn redis_store_bounds_what_it_reads_and_writes() {
+    let redis = RedisServer::start();
+    let store = RedisStore::open(&redis.url()).expect("open");
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut c = client.get_connection().expect("connect");
+    let huge = vec![b'x'; MAX_VALUE + 1];
+    // Written by something else: read as absent, never allocated here.
+    let _: () = redis::cmd("SET")
+        .arg("big")
+        .arg(&huge)
+        .query(&mut c)
+        .expect("SET");
+    assert_eq!(store.get("big"), Ok(None));
+    let _: () = redis::cmd("RPUSH")
+        .arg("bigl")
+        .arg(&huge)
+        .arg("next")
+        .query(&mut c)
+        .expect("RPUSH");
+    assert_eq!(
+        store.pop("bigl"),
+        Ok(None),
+        "the oversized element is dropped"
+    );
+    assert_eq!(store.pop("bigl"), Ok(Some(b"next".to_vec())));
+    // Not written either.
+    let refused = Err(StoreError::TooLarge {
+        bytes: MAX_VALUE + 1,
+        limit: MAX_VALUE,
+    });
+    assert_eq!(store.put("k", &huge, Duration::from_secs(5)), refused);
+    assert_eq!(
+        store.push("l", &[b"ok", &huge], Duration::from_secs(5)),
+        refused
+    );
+    assert_eq!(
+        store.list_len("l"),
+        Ok(0),
+        "nothing of a refused push is kept"
+    );
+    // Every write carries its TTL.
+    store.put("t", b"v", Duration::from_secs(7)).expect("put");
+    store
+        .push("tl", &[b"v"], Duration::from_secs(7))
+        .expect("push");
+    for key in ["t", "tl"] {
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut c).expect("PTTL");
+        assert!(ttl > 6000 && ttl <= 7000, "{key}: {ttl}");
     }
 }

@@ -14,25 +14,39 @@ use super::shared::redacted;
 use super::{Store, StoreError};
 use ::redis::{Client, Connection, ErrorKind, RedisError, Value};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Deadline of a connect, and of each send and receive.
 pub const TIMEOUT: Duration = Duration::from_millis(200);
-/// Largest value read back; a longer one is treated as absent (and a list element as popped).
+/// Largest value written or read back; a longer one is refused when written
+/// ([`StoreError::TooLarge`]) and treated as absent when read (a list element: popped).
 pub const MAX_VALUE: usize = 256 * 1024;
 /// Idle connections kept for reuse; callers beyond that open and close their own.
 const MAX_IDLE: usize = 16;
 
-/// GET that refuses to return more than ARGV[1] bytes: -1 instead.
-const GET_BOUNDED: &str = "local n = redis.call('STRLEN', KEYS[1]) \
-     if n > tonumber(ARGV[1]) then return -1 end \
+// Lua scripts, each one round trip and atomic, give the trait's semantics where plain
+// commands would differ: reads are bounded, and a key of the other kind reads as absent
+// (GET/LLEN/LPOP on the wrong type are errors in Redis) or is replaced (RPUSH onto a string).
+
+/// GET, but nil for a list and -1 for a value over ARGV[1] bytes.
+const GET_BOUNDED: &str = "if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return false end \
+     if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[1]) then return -1 end \
      return redis.call('GET', KEYS[1])";
-/// LPOP that drops, instead of returning, an element longer than ARGV[1] bytes: -1 then.
-const POP_BOUNDED: &str = "local v = redis.call('LINDEX', KEYS[1], 0) \
+/// LPOP, but nil for a string, and -1 (the element is dropped) for one over ARGV[1] bytes.
+const POP_BOUNDED: &str = "if redis.call('TYPE', KEYS[1])['ok'] ~= 'list' then return false end \
+     local v = redis.call('LPOP', KEYS[1]) \
      if not v then return false end \
-     redis.call('LPOP', KEYS[1]) \
      if #v > tonumber(ARGV[1]) then return -1 end \
      return v";
+/// LLEN, but 0 for a string.
+const LIST_LEN: &str = "if redis.call('TYPE', KEYS[1])['ok'] ~= 'list' then return 0 end \
+     return redis.call('LLEN', KEYS[1])";
+/// RPUSH ARGV[2..] and PEXPIRE ARGV[1], replacing a string under the key.
+const PUSH: &str = "if redis.call('TYPE', KEYS[1])['ok'] ~= 'list' then redis.call('DEL', KEYS[1]) end \
+     redis.call('RPUSH', KEYS[1], unpack(ARGV, 2)) \
+     redis.call('PEXPIRE', KEYS[1], ARGV[1]) \
+     return 1";
 
 /// A Redis server reached over TCP or a Unix socket.
 pub struct RedisStore {
@@ -40,7 +54,13 @@ pub struct RedisStore {
     idle: Mutex<Vec<Connection>>,
     /// The URL without a password, for log lines.
     name: String,
+    created: Instant,
+    /// Seconds after `created` of the last warning about an oversized value, plus one.
+    warned_at: AtomicU64,
 }
+
+/// Least time between two warnings about oversized values.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl RedisStore {
     /// Parses `url` (`redis://[user:password@]host[:port][/db]` or
@@ -51,7 +71,19 @@ impl RedisStore {
             client,
             idle: Mutex::new(Vec::new()),
             name: redacted(url),
+            created: Instant::now(),
+            warned_at: AtomicU64::new(0),
         })
+    }
+
+    /// True at most once per [`WARN_EVERY`].
+    fn warn_due(&self) -> bool {
+        let now = self.created.elapsed().as_secs() + 1;
+        let last = self.warned_at.load(Ordering::Relaxed);
+        (last == 0 || now >= last + WARN_EVERY.as_secs())
+            && (self.warned_at)
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// The URL for log lines, without a password.
@@ -99,8 +131,20 @@ impl RedisStore {
     }
 }
 
+/// Refuses a value that could not be read back ([`MAX_VALUE`]).
+fn fits(value: &[u8]) -> Result<(), StoreError> {
+    if value.len() > MAX_VALUE {
+        return Err(StoreError::TooLarge {
+            bytes: value.len(),
+            limit: MAX_VALUE,
+        });
+    }
+    Ok(())
+}
+
 impl Store for RedisStore {
     fn put_new(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+        fits(value)?;
         self.with(|c| {
             let set: Value = ::redis::cmd("SET")
                 .arg(key)
@@ -114,6 +158,7 @@ impl Store for RedisStore {
     }
 
     fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        fits(value)?;
         self.with(|c| {
             ::redis::cmd("SET")
                 .arg(key)
@@ -136,18 +181,14 @@ impl Store for RedisStore {
         if values.is_empty() {
             return Ok(());
         }
+        values.iter().try_for_each(|v| fits(v))?;
         self.with(|c| {
-            // One round trip, applied together: a list is never left without its TTL.
-            ::redis::pipe()
-                .atomic()
-                .cmd("RPUSH")
-                .arg(key)
-                .arg(values)
-                .ignore()
-                .cmd("PEXPIRE")
+            ::redis::cmd("EVAL")
+                .arg(PUSH)
+                .arg(1)
                 .arg(key)
                 .arg(ttl_ms(ttl))
-                .ignore()
+                .arg(values)
                 .query::<()>(c)
         })
     }
@@ -157,7 +198,13 @@ impl Store for RedisStore {
     }
 
     fn list_len(&self, key: &str) -> Result<usize, StoreError> {
-        self.with(|c| ::redis::cmd("LLEN").arg(key).query::<usize>(c))
+        self.with(|c| {
+            ::redis::cmd("EVAL")
+                .arg(LIST_LEN)
+                .arg(1)
+                .arg(key)
+                .query::<usize>(c)
+        })
     }
 }
 
@@ -176,20 +223,15 @@ impl RedisStore {
         Ok(match value {
             Value::BulkString(bytes) => Some(bytes),
             Value::Nil => None,
-            other => {
+            Value::Int(-1) if self.warn_due() => {
                 crate::log_warn!(
-                    "shared state: Redis {} key {} holds a value over {MAX_VALUE} bytes or of \
-                     another type ({}); ignored",
+                    "shared state: Redis {} key {} holds a value over {MAX_VALUE} bytes; ignored",
                     self.name,
-                    key.escape_debug(),
-                    if matches!(other, Value::Int(-1)) {
-                        "too long"
-                    } else {
-                        "unexpected reply"
-                    }
+                    key.escape_debug()
                 );
                 None
             }
+            _ => None,
         })
     }
 }

@@ -88,16 +88,37 @@ fn check_form(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The store for `shared_state`: `local` alone, or Redis falling back to `local`.
-pub fn open(shared_state: Option<&str>, local: MemoryStore) -> Result<Arc<dyn Store>, String> {
+/// Bytes of this process's memory for state: all of it without `shared_state`, what is
+/// written while Redis is unavailable with it.
+pub const LOCAL_BUDGET: usize = 4 << 20;
+
+/// The process's store for `shared_state`, and whether other instances share it. Without it
+/// (or if Redis cannot be set up, which the config check rules out) a [`MemoryStore`]. With
+/// it, Redis with that memory as fallback, probed once so that an unreachable Redis is
+/// reported at start rather than at the first message that needs it.
+pub fn open(shared_state: Option<&str>) -> (Arc<dyn Store>, bool) {
+    let local = MemoryStore::new(LOCAL_BUDGET);
     let Some(url) = shared_state else {
-        return Ok(Arc::new(local));
+        return (Arc::new(local), false);
     };
-    check_url(url)?;
-    open_redis(url, local)
+    match check_url(url).and_then(|()| open_redis(url)) {
+        Ok(store) => {
+            crate::log_info!(
+                "shared state: Redis {} (this instance's memory answers while it is unavailable)",
+                redacted(url)
+            );
+            // Any answer will do: a failure is logged by the fallback.
+            let _ = store.get(&super::key("-", "probe", "start"));
+            (store, true)
+        }
+        Err(e) => {
+            crate::log_error!("shared_state: {e}; keeping state in this instance's memory only");
+            (Arc::new(local), false)
+        }
+    }
 }
 
-/// `url` with the password of `user:password@` replaced by `***`.
+/// `url` with the password (`user:password@`, or `pass=` of a Unix URL) replaced by `***`.
 pub fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
@@ -107,7 +128,6 @@ pub fn redacted(url: &str) -> String {
         Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
         None => url.to_string(),
     };
-    // Unix URLs carry the password as `?pass=`.
     if let Some(q) = out.find("pass=") {
         let end = out[q..].find('&').map_or(out.len(), |e| q + e);
         out.replace_range(q + 5..end, "***");
@@ -116,7 +136,8 @@ pub fn redacted(url: &str) -> String {
 }
 
 #[cfg(feature = "redis")]
-fn open_redis(url: &str, local: MemoryStore) -> Result<Arc<dyn Store>, String> {
+fn open_redis(url: &str) -> Result<Arc<dyn Store>, String> {
+    let local = MemoryStore::new(LOCAL_BUDGET);
     let redis = super::redis::RedisStore::open(url)?;
     let name = format!("Redis {}", redis.name());
     Ok(Arc::new(super::fallback::FallbackStore::new(
@@ -125,7 +146,7 @@ fn open_redis(url: &str, local: MemoryStore) -> Result<Arc<dyn Store>, String> {
 }
 
 #[cfg(not(feature = "redis"))]
-fn open_redis(_: &str, _: MemoryStore) -> Result<Arc<dyn Store>, String> {
+fn open_redis(_: &str) -> Result<Arc<dyn Store>, String> {
     Err(NO_REDIS.into())
 }
 
