@@ -610,3 +610,57 @@ fn redis_store_bounds_what_it_reads_and_writes() {
         assert!(ttl > 6000 && ttl <= 7000, "{key}: {ttl}");
     }
 }
+
+/// `total_connections_received` of the server (this query's connection included).
+fn connections_received(redis: &RedisServer) -> u64 {
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut c = client.get_connection().expect("connect");
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut c).expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_connections_received")
+}
+
+#[test]
+fn a_stalled_redis_is_tried_once_per_second_while_memory_answers() {
+    let redis = RedisServer::start();
+    let store = FallbackStore::new(
+        RedisStore::open(&redis.url()).expect("open"),
+        MemoryStore::new(1 << 20),
+        "Redis".into(),
+    );
+    let key = "weixin-fcgi:t:retry:k";
+    assert_eq!(store.put(key, b"in redis", Duration::from_secs(60)), Ok(()));
+    let before = connections_received(&redis);
+    let pid = redis.pid().expect("running").to_string();
+    let kill = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status();
+        assert!(ok.map(|s| s.success()).unwrap_or(false), "kill {sig}");
+    };
+    kill("-STOP");
+    // The first call waits for Redis (200 ms) and falls back; the next ones go straight to
+    // memory, without a connection. After the retry interval one call probes again.
+    let started = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(store.get(key), Ok(None), "memory does not have it");
+    }
+    let first_ten = started.elapsed();
+    assert!(store.degraded());
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(store.get(key), Ok(None));
+    kill("-CONT");
+    // Connections made while stalled: the probe's (the pooled one was already counted), plus
+    // this query's own.
+    assert_eq!(connections_received(&redis) - before, 2);
+    assert!(first_ten < Duration::from_millis(1000), "{first_ten:?}");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        store.get(key),
+        Ok(Some(b"in redis".to_vec())),
+        "back to Redis"
+    );
+    assert!(!store.degraded());
+}

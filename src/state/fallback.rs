@@ -106,11 +106,13 @@ impl<S: Store, L: Store> FallbackStore<S, L> {
                 .compare_exchange(last, now + 1, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            let meanwhile = self.local_calls.swap(0, Ordering::Relaxed);
+            let meanwhile = match self.local_calls.swap(0, Ordering::Relaxed) {
+                0 => String::new(),
+                n => format!(" ({n} calls answered locally since the last warning)"),
+            };
             crate::log_warn!(
                 "shared state: {} unavailable ({reason}); answering from this instance's \
-                 memory, retrying every {}s ({meanwhile} calls answered locally since the last \
-                 warning)",
+                 memory, retrying every {}s{meanwhile}",
                 self.name,
                 RETRY.as_secs()
             );
@@ -125,7 +127,7 @@ impl<S: Store, L: Store> FallbackStore<S, L> {
             .ms()
             .saturating_sub(self.down_since.load(Ordering::Relaxed))
             / 1000;
-        crate::log_warn!(
+        crate::log_info!(
             "shared state: {} is back after {secs}s ({} calls were answered locally)",
             self.name,
             self.local_calls.swap(0, Ordering::Relaxed)
