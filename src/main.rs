@@ -237,10 +237,11 @@ fn reload_config(app: &App, path: Option<&PathBuf>) {
             if new.workers != old.workers
                 || new.listen != old.listen
                 || new.max_body != old.max_body
+                || new.shared_state != old.shared_state
             {
                 log_warn!(
-                    "SIGHUP: workers, listen, max_body, max_conns and io_timeout take effect only \
-                     after a restart"
+                    "SIGHUP: workers, listen, max_body, max_conns, io_timeout and shared_state \
+                     take effect only after a restart"
                 );
             }
             weixin_fcgi::log::set_level(new.log_level);

@@ -242,10 +242,10 @@ fn state_survives_restarting_an_instance_over_a_unix_socket() {
     let redis = RedisServer::start();
     let backend = Backend::start();
     let url = format!("redis+unix://{}?db=1", redis.socket().display());
-    let config = config(&url, &backend.url("ok"), 3000);
+    let on_db_1 = config(&url, &backend.url("ok"), 3000);
     let msg = message("before restart");
     {
-        let a = Responder::start(&config);
+        let a = Responder::start(&on_db_1);
         let nginx = Nginx::start(&a.socket, true);
         assert_eq!(
             attempt(nginx.port, &msg),
@@ -253,7 +253,7 @@ fn state_survives_restarting_an_instance_over_a_unix_socket() {
         );
         a.signal("TERM");
     }
-    let a = Responder::start(&config);
+    let a = Responder::start(&on_db_1);
     let nginx = Nginx::start(&a.socket, true);
     assert_eq!(
         attempt(nginx.port, &msg),
@@ -272,6 +272,18 @@ fn state_survives_restarting_an_instance_over_a_unix_socket() {
         shared_keys(&redis).is_empty(),
         "db=1 was used, not db 0 (KEYS looks at db 0)"
     );
+    // A reload cannot move the state elsewhere: it says so and keeps Redis db 1.
+    std::fs::write(&a.config, config(&redis.url(), &backend.url("ok"), 3000)).expect("write");
+    a.signal("HUP");
+    assert!(wait_for(Duration::from_secs(5), || a.stderr().contains(
+        "SIGHUP: workers, listen, max_body, max_conns, io_timeout and shared_state take effect \
+         only after a restart"
+    )));
+    assert_eq!(
+        attempt(nginx.port, &msg),
+        (200, Some("echo: before restart".into()))
+    );
+    assert_eq!(backend.calls().len(), 1, "still answered from db 1");
 }
 
 #[test]
