@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weixin_fcgi::forward::claim::{Acquired, Claims};
+use weixin_fcgi::forward::claim::{Claims, Found};
 use weixin_fcgi::state::redis::RedisStore;
 use weixin_fcgi::state::{MemoryStore, Store};
 
@@ -37,10 +37,10 @@ fn main() {
         for i in 0..count {
             let key = Claims::key("bench", &format!("m\0bench\0o\0{run}-{n}-{i}"));
             let started = Instant::now();
-            let acquired = claims.acquire(&key, Duration::from_secs(10));
+            let found = claims.claim_or_look(&key, Duration::from_secs(10));
             claims.finish(&key, Some(&answer), Duration::from_secs(30));
             micros.push(started.elapsed().as_secs_f64() * 1e6);
-            assert!(acquired == Acquired::Mine, "{name}: a fresh key is claimed");
+            assert!(found == Found::Claimed, "{name}: a fresh key is claimed");
         }
         micros.sort_by(f64::total_cmp);
         let pick = |q: f64| micros[((micros.len() as f64 * q) as usize).min(micros.len() - 1)];

@@ -9,7 +9,9 @@
 //!    attempt in flight gets the request parked on it;
 //! 2. otherwise a forward slot is taken (`forward_slots`, a counter) and the job goes down a
 //!    bounded channel to one of `forward_slots` forward threads (started on first use);
-//!    with every slot busy the rule's fallback is answered at once.
+//!    with every slot busy the rule's fallback is answered at once. With `shared_state` the
+//!    job first goes to the claims thread ([`claim`]), which lets it through, answers it from
+//!    another instance, or keeps it until that instance has answered.
 //!
 //! The forward thread calls the backend under the rule's deadline, renders the reply (and
 //! encrypts it in safe mode) and finishes the request and every retry parked on it.
@@ -28,7 +30,7 @@ use crate::wechat::crypto::AesKey;
 use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Article, Envelope, Limits, Reply};
 use backend::OwnedReply;
-use claim::{Acquired, Claims};
+use claim::{ClaimThread, Claimant, Claims};
 use dedup::{Begin, Table};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -210,15 +212,24 @@ pub struct Forwarder {
     busy: Arc<AtomicUsize>,
     dedup: Arc<Table<Waiter, Answer>>,
     /// With `shared_state`: retries' claims and answers shared with other instances.
-    claims: Option<Arc<Claims>>,
+    claims: Option<ClaimThread>,
     sender: OnceLock<SyncSender<Task>>,
 }
 
 impl Forwarder {
     /// `shared`: the store shared with other instances (`shared_state`), if any.
     pub fn new(settings: Settings, shared: Option<Arc<dyn crate::state::Store>>) -> Forwarder {
+        let claims = shared.and_then(|store| {
+            // Each waiting attempt holds a slot; finishes come one per slot at a time too.
+            let capacity = 4 * settings.slots + 16;
+            ClaimThread::start(Claims::new(store), capacity)
+                .map_err(|e| {
+                    crate::log_error!("cannot start the claims thread: {e}; retries are not shared")
+                })
+                .ok()
+        });
         Forwarder {
-            claims: shared.map(|store| Arc::new(Claims::new(store))),
+            claims,
             settings,
             busy: Arc::new(AtomicUsize::new(0)),
             dedup: Arc::new(Table::new(
@@ -236,8 +247,9 @@ impl Forwarder {
 
     /// Answers `pending` for `job`: from the de-duplication table, by parking it on an attempt
     /// in flight, on a forward thread, or with the fallback when every slot is busy.
-    /// Never blocks (called on a FastCGI worker).
-    pub fn submit(&self, job: Job, pending: Pending) {
+    /// Never blocks (called on a FastCGI worker). With shared state, a new attempt first goes
+    /// to the claims thread ([`claim`]), which dispatches it or answers it.
+    pub fn submit(self: &Arc<Self>, job: Job, pending: Pending) {
         let waiter = Waiter {
             pending,
             encrypt: job.encrypt.clone(),
@@ -275,6 +287,24 @@ impl Forwarder {
             None if acquire() => waiter,
             None => return busy(job, waiter),
         };
+        let (job, waiter) = match (&self.claims, &job.key) {
+            (Some(claims), Some(retry_key)) => {
+                let key = Claims::key(&job.account, retry_key);
+                let ttl = job.forward.timeout + claim::CLAIM_MARGIN;
+                let attempt = Box::new(SharedAttempt {
+                    forwarder: Arc::clone(self),
+                    job,
+                    waiter,
+                });
+                return claims.begin(key, ttl, attempt);
+            }
+            _ => (job, waiter),
+        };
+        self.dispatch(job, waiter);
+    }
+
+    /// Starts the backend call or program of `job`, which holds a slot.
+    fn dispatch(&self, job: Job, waiter: Waiter) {
         let sender = self.sender.get_or_init(|| self.spawn());
         if let Err(e) = sender.try_send(Task::Message {
             job: Box::new(job),
@@ -333,10 +363,8 @@ impl Forwarder {
             let rx = Arc::clone(&rx);
             let busy = Arc::clone(&self.busy);
             let dedup = Arc::clone(&self.dedup);
-            let shared = self
-                .claims
-                .clone()
-                .map(|c| (c, self.settings.dedup_seconds));
+            let shared = (self.claims.clone())
+                .map(|c| (c, Duration::from_secs(self.settings.dedup_seconds)));
             let spawned = std::thread::Builder::new()
                 .name(format!("forward-{i}"))
                 .spawn(move || forward_thread(&rx, &busy, &dedup, shared.as_ref()));
@@ -358,12 +386,12 @@ fn busy(job: Job, waiter: Waiter) {
     waiter.answer(job.fallback.as_deref());
 }
 
-/// `shared`: the claims shared with other instances, and how long answers are kept there.
+/// `shared`: the claims thread and how long answers are kept in the shared store.
 fn forward_thread(
     rx: &Mutex<Receiver<Task>>,
     busy: &AtomicUsize,
     dedup: &Table<Waiter, Answer>,
-    shared: Option<&(Arc<Claims>, u64)>,
+    shared: Option<&(ClaimThread, Duration)>,
 ) {
     loop {
         let task = {
@@ -379,91 +407,104 @@ fn forward_thread(
             }
             Err(_) => return,
         };
-        let answer = match (shared, &job.key) {
-            (Some((claims, keep_s)), Some(retry_key)) => {
-                shared_answer(claims, Duration::from_secs(*keep_s), &job, retry_key)
+        let started = Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)));
+        let ms = started.elapsed().as_millis();
+        let answer: Answer = match result {
+            Ok(Ok(reply)) => {
+                crate::log_info!(
+                    "forward account={} rule={} result=ok ms={ms}",
+                    job.account,
+                    job.rule
+                );
+                Arc::new(render(&job, &reply))
             }
-            _ => call(&job),
+            Ok(Err(reason)) => {
+                crate::log_warn!(
+                    "forward account={} rule={} result=fallback reason=\"{}\" ms={ms}",
+                    job.account,
+                    job.rule,
+                    reason.escape_debug()
+                );
+                Arc::new(job.fallback.clone())
+            }
+            Err(_) => {
+                crate::log_error!(
+                    "forward account={} rule={} result=fallback reason=\"internal error\"",
+                    job.account,
+                    job.rule
+                );
+                Arc::new(job.fallback.clone())
+            }
         };
         busy.fetch_sub(1, Ordering::AcqRel);
+        if let (Some((claims, keep)), Some(retry_key)) = (shared, &job.key) {
+            let key = Claims::key(&job.account, retry_key);
+            claims.finish(key, answer.as_deref(), *keep);
+        }
         finish_all(dedup, &job, waiter, &answer);
     }
 }
 
-/// The answer for `job` when instances share retries: another instance's, or ours after
-/// claiming the message (then shared for `keep`).
-fn shared_answer(claims: &Claims, keep: Duration, job: &Job, retry_key: &str) -> Answer {
-    let key = Claims::key(&job.account, retry_key);
-    let started = Instant::now();
-    match claims.acquire(&key, job.forward.timeout + claim::CLAIM_MARGIN) {
-        Acquired::Answer(answer) => {
-            crate::log_info!(
-                "forward account={} rule={} result=duplicate-answered-shared ms={}",
-                job.account,
-                job.rule,
-                started.elapsed().as_millis()
-            );
-            Arc::new(answer)
-        }
-        Acquired::GaveUp => {
+/// A new attempt at a message that goes through the claims thread first ([`claim`]).
+struct SharedAttempt {
+    forwarder: Arc<Forwarder>,
+    job: Job,
+    waiter: Waiter,
+}
+
+impl Claimant for SharedAttempt {
+    fn call(self: Box<Self>, took_over: Option<Duration>) {
+        let SharedAttempt {
+            forwarder,
+            job,
+            waiter,
+        } = *self;
+        if let Some(waited) = took_over {
             crate::log_warn!(
-                "forward account={} rule={} result=fallback reason=\"another instance still \
-                 holds the claim\" ms={}",
+                "forward account={} rule={} result=claim-expired reason=\"another instance's \
+                 claim expired without an answer\" waited_ms={}: calling the backend",
                 job.account,
                 job.rule,
-                started.elapsed().as_millis()
+                waited.as_millis()
             );
-            Arc::new(job.fallback.clone())
         }
-        acquired => {
-            if acquired == Acquired::TakenOver {
-                crate::log_warn!(
-                    "forward account={} rule={} result=claim-expired reason=\"another \
-                     instance's claim expired without an answer\" waited_ms={}: calling the \
-                     backend",
-                    job.account,
-                    job.rule,
-                    started.elapsed().as_millis()
-                );
-            }
-            let answer = call(job);
-            claims.finish(&key, answer.as_deref(), keep);
-            answer
-        }
+        forwarder.dispatch(job, waiter);
+    }
+
+    fn answered(self: Box<Self>, answer: Option<Vec<u8>>, waited: Duration) {
+        crate::log_info!(
+            "forward account={} rule={} result=duplicate-answered-shared ms={}",
+            self.job.account,
+            self.job.rule,
+            waited.as_millis()
+        );
+        self.done(Arc::new(answer));
+    }
+
+    fn gave_up(self: Box<Self>, waited: Duration) {
+        crate::log_warn!(
+            "forward account={} rule={} result=fallback reason=\"another instance still holds \
+             the claim\" ms={}",
+            self.job.account,
+            self.job.rule,
+            waited.as_millis()
+        );
+        let fallback = Arc::new(self.job.fallback.clone());
+        self.done(fallback);
     }
 }
 
-/// Calls the backend (or program) for `job` and renders its answer; the fallback on failure.
-fn call(job: &Job) -> Answer {
-    let started = Instant::now();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(job)));
-    let ms = started.elapsed().as_millis();
-    match result {
-        Ok(Ok(reply)) => {
-            crate::log_info!(
-                "forward account={} rule={} result=ok ms={ms}",
-                job.account,
-                job.rule
-            );
-            Arc::new(render(job, &reply))
-        }
-        Ok(Err(reason)) => {
-            crate::log_warn!(
-                "forward account={} rule={} result=fallback reason=\"{}\" ms={ms}",
-                job.account,
-                job.rule,
-                reason.escape_debug()
-            );
-            Arc::new(job.fallback.clone())
-        }
-        Err(_) => {
-            crate::log_error!(
-                "forward account={} rule={} result=fallback reason=\"internal error\"",
-                job.account,
-                job.rule
-            );
-            Arc::new(job.fallback.clone())
-        }
+impl SharedAttempt {
+    /// Frees the slot and answers the attempt and every retry parked on it.
+    fn done(self: Box<Self>, answer: Answer) {
+        let SharedAttempt {
+            forwarder,
+            job,
+            waiter,
+        } = *self;
+        forwarder.busy.fetch_sub(1, Ordering::AcqRel);
+        finish_all(&forwarder.dedup, &job, waiter, &answer);
     }
 }
 
