@@ -4,7 +4,9 @@
 # systemd-socket-activate and systemd-analyze, Python's cryptography for independent safe-mode
 # checks, redis-server for shared state), then runs format and lint checks, every unit and
 # integration test (and, built with `--features redis`, the unit tests and the shared-state
-# tests against a real redis-server), and the unit-file / nginx-snippet checks.
+# tests against a real redis-server), the unit-file / nginx-snippet checks, and the Redis
+# drop-ins in a booted Debian 12 (tests/ops/shared-state-nspawn.sh: debootstrap, about 1 minute
+# plus 2 the first time for the cached root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,3 +40,5 @@ cargo test --quiet --no-fail-fast --features redis --lib --test shared_state
 echo "== unit files and nginx snippet"
 cargo build --quiet
 bash tests/ops/check-units.sh "$PWD/target/debug/weixin-fcgi"
+echo "== shared state from the hardened unit on a real systemd (systemd-nspawn)"
+bash tests/ops/shared-state-nspawn.sh

@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# shared-state-nspawn.sh — weixin-fcgi reaching Redis from its hardened unit, on a real systemd.
+#
+#   tests/ops/shared-state-nspawn.sh [PATH-TO-weixin-fcgi built with --features redis]
+#
+# Builds (or reuses) a Debian 12 root with debootstrap (systemd, redis-server), cached under
+# target/nspawn/bookworm-redis; boots a fresh copy with systemd-nspawn (systemd as PID 1, a
+# private network: only the container's own loopback, where Debian's redis-server listens);
+# installs systemd/weixin-fcgi.{socket,service} as the README does, the binary at the unit's
+# ExecStart path, and a config with `shared_state` and one `forward` rule (its backend is
+# absent: the fallback answers, but the message is claimed and answered in Redis all the same).
+# Then, with messages sent to the socket by `weixin-fcgi send` inside the container:
+#   no-dropin   the unit as shipped (no TCP/IP): answered, and the journal names Redis and why
+#   tcp         with systemd/shared-state.conf: the message's key appears in Redis with a TTL;
+#               systemd-analyze security <= 1.0
+#   unix        shared_state = redis+unix:// and a drop-in with SupplementaryGroups=redis (no
+#               network): the key appears; exposure as without drop-in
+#   unix-group  the same without the group: answered, the journal says "Permission denied"
+# Needs root; where a container cannot be built or booted it prints one SKIP line and exits 0.
+# Prints "shared-state-nspawn: N passed, N failed" last; exit 1 on any failure.
+set -Eeuo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CACHE=$REPO/target/nspawn
+SUITE=bookworm
+INCLUDE=systemd,systemd-sysv,dbus,redis-server
+BASE=$CACHE/$SUITE-redis
+
+PASS=0 FAIL=0
+pass() { PASS=$((PASS + 1)); printf 'PASS  %-10s %s\n' "$1" "$2"; }
+fail() { FAIL=$((FAIL + 1)); printf 'FAIL  %-10s %s\n' "$1" "$2"; }
+skip() { printf 'SKIP  shared-state-nspawn: %s\n' "$*"; exit 0; }
+indent() { sed 's/^/           | /'; }
+
+[ "$(id -u)" -eq 0 ] || skip "needs root (debootstrap, systemd-nspawn)"
+need=()
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get install -y -q --no-install-recommends "${need[@]}" ||
+        { apt-get update -q && apt-get install -y -q --no-install-recommends "${need[@]}"; }; } >&2 ||
+        skip "cannot install ${need[*]} with apt-get"
+fi
+
+BINARY=${1:-}
+if [ -z "$BINARY" ]; then
+    (cd "$REPO" && cargo release-static --quiet --features redis >&2)
+    BINARY=$REPO/target/x86_64-unknown-linux-gnu/release/weixin-fcgi
+fi
+[ -x "$BINARY" ] || { echo "shared-state-nspawn: $BINARY is not executable" >&2; exit 2; }
+
+# --- the cached Debian root -------------------------------------------------------------------
+mirror() { # the host's Debian mirror, else deb.debian.org
+    local m
+    m=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{ print $2 }' |
+        grep -v -- '-security' | head -1 || true)
+    [ -n "$m" ] || m=$(sed -n 's/^deb \(\[[^]]*\] \)\?\(http[^ ]*\) .*/\2/p' \
+        /etc/apt/sources.list 2>/dev/null | grep -v -- '-security' | head -1 || true)
+    echo "${m:-http://deb.debian.org/debian}"
+}
+STAMP="$SUITE $INCLUDE"
+if [ ! -f "$BASE/.complete" ] || [ "$(cat "$BASE/.complete")" != "$STAMP" ]; then
+    MIRROR=$(mirror)
+    echo "shared-state-nspawn: debootstrap $SUITE from $MIRROR into $BASE (cached)" >&2
+    rm -rf "$BASE" "$BASE.tmp"
+    mkdir -p "$CACHE"
+    debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$BASE.tmp" "$MIRROR" \
+        > "$CACHE/debootstrap-redis.log" 2>&1 ||
+        skip "debootstrap failed: $(grep -E '^(E|W):' "$CACHE/debootstrap-redis.log" | tail -1)"
+    chroot "$BASE.tmp" apt-get clean
+    echo "$STAMP" > "$BASE.tmp/.complete"
+    mv "$BASE.tmp" "$BASE"
+fi
+
+# --- a fresh copy with the units, the binary, the config --------------------------------------
+RUN=$(mktemp -d "$CACHE/redis-run.XXXXXX")
+ROOT=$RUN/root
+NSPAWN_PID=
+LEADER=
+cleanup() {
+    if [ -n "$LEADER" ] && kill -0 "$LEADER" 2>/dev/null; then
+        nsenter -t "$LEADER" -a systemctl poweroff >/dev/null 2>&1 || true
+        for _ in $(seq 50); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.2; done
+    fi
+    [ -z "$NSPAWN_PID" ] || kill "$NSPAWN_PID" 2>/dev/null || true
+    [ -z "$NSPAWN_PID" ] || wait "$NSPAWN_PID" 2>/dev/null || true
+    rm -rf "$RUN"
+}
+trap cleanup EXIT
+mkdir -p "$ROOT"
+cp -a --reflink=auto "$BASE/." "$ROOT/"
+echo "weixin-redis" > "$ROOT/etc/hostname"
+EXEC=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$REPO/systemd/weixin-fcgi.service" | head -1)
+install -D -m 0755 "$BINARY" "$ROOT$EXEC"
+UNITS=$ROOT/etc/systemd/system
+DROPINS=$UNITS/weixin-fcgi.service.d
+cp "$REPO/systemd/weixin-fcgi.socket" "$REPO/systemd/weixin-fcgi.service" "$UNITS/"
+mkdir -p "$UNITS/sockets.target.wants" "$DROPINS" "$ROOT/etc/sysusers.d" "$ROOT/etc/tmpfiles.d"
+ln -s ../weixin-fcgi.socket "$UNITS/sockets.target.wants/weixin-fcgi.socket"
+cp "$REPO/systemd/weixin-fcgi.sysusers" "$ROOT/etc/sysusers.d/weixin-fcgi.conf"
+cp "$REPO/systemd/weixin-fcgi.tmpfiles" "$ROOT/etc/tmpfiles.d/weixin-fcgi.conf"
+# Debian's redis-server with its Unix socket, for the group that may use it.
+sed -i -e 's|^# *unixsocket .*|unixsocket /run/redis/redis-server.sock|' \
+    -e 's|^# *unixsocketperm .*|unixsocketperm 770|' "$ROOT/etc/redis/redis.conf"
+CONFIG=/etc/weixin-fcgi/weixin-fcgi.toml
+write_config() { # write_config SHARED_STATE
+    mkdir -p "$ROOT/etc/weixin-fcgi"
+    cat > "$ROOT$CONFIG" <<EOF
+shared_state = "$1"
+[[account]]
+name = "e2e"
+path = "/weixin"
+token = "sharedE2eToken"
+[[account.rule]]
+name = "bot"
+reply = { type = "forward", url = "http://127.0.0.1:9/bot", timeout_ms = 1000, fallback = { type = "text", content = "fallback reply" } }
+EOF
+}
+write_config "redis://127.0.0.1:6379/0"
+
+systemd-nspawn -q -D "$ROOT" -M "weixin-redis-$$" --boot --register=no --keep-unit \
+    --capability=CAP_BPF --system-call-filter=bpf --private-network --console=passive \
+    < /dev/null > "$RUN/nspawn.log" 2>&1 &
+NSPAWN_PID=$!
+for _ in $(seq 150); do
+    LEADER=$(pgrep -P "$NSPAWN_PID" -x systemd | head -1 || true)
+    [ -n "$LEADER" ] && break
+    kill -0 "$NSPAWN_PID" 2>/dev/null || break
+    sleep 0.1
+done
+[ -n "$LEADER" ] || skip "systemd-nspawn did not start: $(tail -1 "$RUN/nspawn.log")"
+ct() { nsenter -t "$LEADER" -a env -i PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
+state=
+for _ in $(seq 90); do
+    state=$(timeout 90 nsenter -t "$LEADER" -a systemctl is-system-running --wait 2>/dev/null || true)
+    [ -n "$state" ] && break
+    kill -0 "$NSPAWN_PID" 2>/dev/null || break
+    sleep 1
+done
+case "$state" in
+    running | degraded) ;;
+    *) skip "the container did not boot ('${state:-no answer}'): $(tail -1 "$RUN/nspawn.log")" ;;
+esac
+trap 'echo "FAIL  script     line $LINENO: \"$BASH_COMMAND\" exited $?"; echo "shared-state-nspawn: $PASS passed, $((FAIL + 1)) failed"' ERR
+ct systemctl is-active --quiet redis-server.service || { fail boot "redis-server is not running"; }
+printf '      %-10s %s, %s\n' boot "$(ct systemctl --version | head -1)" "state $state"
+
+# --- helpers ----------------------------------------------------------------------------------
+N=0
+send() { # send: a new text message to the socket; prints the reply's Content
+    N=$((N + 1))
+    ct "$EXEC" send -c "$CONFIG" --to /run/weixin-fcgi.sock text "message $N" 2>&1 |
+        sed -n 's/^Content //p' || true
+}
+keys() { ct redis-cli --scan --pattern 'weixin-fcgi:e2e:retry:*' | sort; }
+CURSOR=
+journal() { # the service's journal since the last restart_with
+    ct journalctl -u weixin-fcgi -o cat --no-pager ${CURSOR:+--after-cursor="$CURSOR"}
+}
+restart_with() { # restart_with DROPIN...: these drop-ins only; the next message starts the service
+    rm -f "$DROPINS"/*.conf
+    for d in "$@"; do cp "$d" "$DROPINS/"; done
+    ct systemctl daemon-reload
+    ct systemctl stop weixin-fcgi.service 2>/dev/null
+    CURSOR=$(ct journalctl -n 0 --show-cursor -o cat | sed -n 's/^-- cursor: //p')
+}
+exposure() {
+    ct systemd-analyze security weixin-fcgi.service 2>/dev/null |
+        sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p'
+}
+# check_journal NAME WANT: a message is answered; the journal says WANT.
+check_journal() {
+    local name=$1 want=$2 reply j
+    reply=$(send)
+    j=$(journal)
+    if [ "$reply" = "fallback reply" ] && [[ $j == *"$want"* ]]; then
+        pass "$name" "answered (\"$reply\"); journal: …$want…"
+    else
+        fail "$name" "reply '$reply', journal lacks '$want':"
+        printf '%s\n' "$j" | tail -5 | indent
+    fi
+}
+# check_shared NAME: a message is answered and its key appears in Redis with a TTL.
+check_shared() {
+    local name=$1 before after reply new ttl
+    before=$(keys)
+    reply=$(send)
+    after=$(keys)
+    new=$(comm -13 <(printf '%s\n' "$before") <(printf '%s\n' "$after") | grep . || true)
+    ttl=$( [ -n "$new" ] && ct redis-cli pttl "$new" || echo none)
+    if [ "$reply" = "fallback reply" ] && [ "$(printf '%s\n' "$new" | grep -c .)" -eq 1 ] &&
+        [ "$ttl" -gt 0 ] 2>/dev/null && [[ $(journal) != *"unavailable ("* ]]; then
+        pass "$name" "answered; $new in Redis, TTL $ttl ms; exposure $(exposure)"
+    else
+        fail "$name" "reply '$reply', new keys '$new', TTL '$ttl':"
+        journal | tail -5 | indent
+    fi
+}
+
+# --- checks -----------------------------------------------------------------------------------
+restart_with
+check_journal no-dropin \
+    "shared state: Redis redis://127.0.0.1:6379/0 unavailable (Address family not supported by protocol"
+
+restart_with "$REPO/systemd/shared-state.conf"
+check_shared tcp
+level=$(exposure)
+if awk -v l="$level" 'BEGIN { exit !(l != "" && l <= 1.0) }'; then
+    pass security "with shared-state.conf: exposure $level (limit 1.0)"
+else
+    fail security "with shared-state.conf: exposure '$level' above 1.0"
+fi
+
+write_config "redis+unix:///run/redis/redis-server.sock"
+printf '[Service]\nSupplementaryGroups=redis\n' > "$RUN/redis-socket.conf"
+restart_with "$RUN/redis-socket.conf"
+check_shared unix
+restart_with
+check_journal unix-group \
+    "shared state: Redis redis+unix:///run/redis/redis-server.sock unavailable (Permission denied"
+
+trap - ERR
+echo "shared-state-nspawn: $PASS passed, $FAIL failed"
+[ "$FAIL" -eq 0 ]
