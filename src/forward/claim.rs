@@ -376,6 +376,8 @@ mod tests {
             Told::Call(false)
         );
         let second = begin(&b, "k", LONG);
+        std::thread::sleep(2 * POLL);
+        assert!(second.try_recv().is_err(), "waiting for the claim");
         a.finish(
             "k".into(),
             Some(&vec![b'x'; MAX_SHARED_ANSWER]),
