@@ -219,22 +219,60 @@ fn oauth_redirect<'c>(
     let Some(code) = text("code").filter(|c| !c.is_empty()) else {
         return refuse(response, 400, "OAuth redirect without code");
     };
-    let (Some(app_id), Some(secret), Some(handler)) =
-        (&account.app_id, &account.app_secret, &account.menu_handler)
-    else {
+    let (Some(app_id), Some(secret)) = (&account.app_id, &account.app_secret) else {
         return refuse(response, 404, "menu OAuth not configured");
+    };
+    let target = match (&account.menu_handler, &account.redirect_url) {
+        (Some(handler), _) => forward::oauth::Target::MenuHandler(handler.clone()),
+        (None, Some(url)) => forward::oauth::Target::RedirectUrl(url.clone()),
+        (None, None) => return refuse(response, 404, "menu OAuth not configured"),
     };
     log.oauth = Some(Box::new(forward::oauth::OAuthJob {
         account: account.name.clone(),
         api_base: config.oauth_api_base.clone(),
         app_id: app_id.clone(),
         app_secret: secret.expose().to_string(),
-        menu_handler: handler.clone(),
+        target,
         code,
         state: text("state").unwrap_or_default(),
+        browser: browser(request),
     }));
     log.outcome = "oauth";
     Ok(())
+}
+
+/// What the browser sent, bounded: request headers from the `HTTP_*` parameters.
+fn browser(request: &Request<'_>) -> forward::oauth::Browser {
+    use forward::oauth::{MAX_BROWSER_HEADER_BYTES, MAX_BROWSER_HEADERS};
+    let lossy = |name: &str| {
+        request
+            .param(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    let mut headers = Vec::new();
+    let mut bytes = 0;
+    for (name, value) in request.params() {
+        let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
+            continue;
+        };
+        let Some(header) = forward::headers::from_cgi_name(name) else {
+            continue;
+        };
+        bytes += header.len() + value.len();
+        if headers.len() >= MAX_BROWSER_HEADERS || bytes > MAX_BROWSER_HEADER_BYTES {
+            break;
+        }
+        headers.push((header, value.to_string()));
+    }
+    forward::oauth::Browser {
+        request_uri: lossy("REQUEST_URI"),
+        headers,
+        remote_addr: lossy("REMOTE_ADDR"),
+        https: request
+            .param("HTTPS")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"on")),
+    }
 }
 
 fn refuse(response: &mut Response, status: u16, reason: &'static str) -> Result<(), &'static str> {

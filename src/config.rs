@@ -102,11 +102,14 @@ pub struct Account {
     /// `app_secret`: the AppSecret, for menu OAuth (never logged).
     pub app_secret: Option<Secret>,
     /// `redirect_path`: request path receiving WeChat's OAuth redirect (`code`, `state`);
-    /// requires `app_id`, `app_secret` and `menu_handler`.
+    /// requires `app_id`, `app_secret` and `menu_handler` or `redirect_url`.
     pub redirect_path: Option<String>,
     /// `menu_handler`: URL (http:// to a loopback or private address) that gets
     /// `{"appId", "openId", "state"}` and answers `{"h", "r", "c"}`.
     pub menu_handler: Option<String>,
+    /// `redirect_url`: URL (http:// to a loopback or private address) that the menu OAuth
+    /// redirect is reverse-proxied to (go-wx-gateway's `redirect-url`); excludes `menu_handler`.
+    pub redirect_url: Option<String>,
     /// `[[account.rule]]` tables in match order.
     pub rules: Vec<Rule>,
 }
@@ -231,6 +234,7 @@ impl Config {
                 app_secret: None,
                 redirect_path: None,
                 menu_handler: None,
+                redirect_url: None,
                 rules: Vec::new(),
             }],
         }
@@ -706,6 +710,7 @@ const ACCOUNT_KEYS: &[&str] = &[
     "app_secret",
     "redirect_path",
     "menu_handler",
+    "redirect_url",
     "rule",
 ];
 
@@ -781,6 +786,17 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
             Some(s.to_string())
         }
     };
+    let redirect_url = match t.non_empty_str("redirect_url")? {
+        None => None,
+        Some((s, span)) => {
+            crate::forward::check_url(s).map_err(|m| t.err_at("redirect_url", &span, m))?;
+            if menu_handler.is_some() {
+                let message = "set either menu_handler (the seed's {h, r, c} protocol) or redirect_url (reverse proxy), not both";
+                return Err(t.err_at("redirect_url", &span, message));
+            }
+            Some(s.to_string())
+        }
+    };
     let redirect_path = match t.non_empty_str("redirect_path")? {
         None => None,
         Some((s, span)) => {
@@ -788,8 +804,12 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
                 let message = "must be a plain path starting with \"/\", other than path";
                 return Err(t.err_at("redirect_path", &span, message));
             }
-            if app_id.is_none() || app_secret.is_none() || menu_handler.is_none() {
-                let message = "redirect_path requires app_id, app_secret and menu_handler";
+            if app_id.is_none()
+                || app_secret.is_none()
+                || (menu_handler.is_none() && redirect_url.is_none())
+            {
+                let message =
+                    "redirect_path requires app_id, app_secret and menu_handler or redirect_url";
                 return Err(t.err_at("redirect_path", &span, message));
             }
             Some(s.to_string())
@@ -815,6 +835,7 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
         app_secret,
         redirect_path,
         menu_handler,
+        redirect_url,
         rules,
     };
     Ok((account, path_span))

@@ -236,6 +236,7 @@ impl Response {
         self.status
     }
 
+    /// Sets the Content-Type; `""` sends none (the handler may then add its own header).
     pub fn set_content_type(&mut self, content_type: &'static str) {
         self.content_type = content_type;
     }
@@ -265,9 +266,12 @@ impl Response {
         push_u64(out, self.status as u64);
         out.push(b' ');
         out.extend_from_slice(reason(self.status).as_bytes());
-        out.extend_from_slice(b"\r\nContent-Type: ");
-        out.extend_from_slice(self.content_type.as_bytes());
         out.extend_from_slice(b"\r\n");
+        if !self.content_type.is_empty() {
+            out.extend_from_slice(b"Content-Type: ");
+            out.extend_from_slice(self.content_type.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(&self.headers);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);

@@ -19,6 +19,7 @@
 pub mod backend;
 pub mod dedup;
 pub mod exec;
+pub mod headers;
 pub mod oauth;
 
 use crate::fastcgi::{Pending, Response};
@@ -405,13 +406,10 @@ fn oauth_task(job: &oauth::OAuthJob, pending: Pending) {
     match result {
         Ok(Ok(page)) => {
             crate::log_info!(
-                "oauth account={} result={} ms={ms}",
+                "oauth account={} result={} status={} ms={ms}",
                 job.account,
-                if page.redirect.is_empty() {
-                    "page"
-                } else {
-                    "redirect"
-                }
+                page.kind(),
+                page.status
             );
             pending.finish(|r| page.write(r));
         }
@@ -421,7 +419,7 @@ fn oauth_task(job: &oauth::OAuthJob, pending: Pending) {
                 job.account,
                 reason.escape_debug()
             );
-            pending.finish(|r| r.plain(502, "menu handler unavailable\n"));
+            pending.finish(|r| r.plain(502, "OAuth backend unavailable\n"));
         }
         Err(_) => {
             crate::log_error!(
