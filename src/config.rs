@@ -1174,6 +1174,43 @@ mod tests {
     }
 
     #[test]
+    fn menu_oauth_takes_one_of_menu_handler_or_redirect_url() {
+        let account = |keys: &str| {
+            format!(
+                "oauth_api_base = \"http://127.0.0.1:8\"\n[[account]]\npath = \"/wx\"\ntoken = \"t\"\n\
+                 app_id = \"wxa\"\napp_secret = \"s\"\n\
+                 redirect_path = \"/wxoauth\"\n{keys}\n"
+            )
+        };
+        let c = Config::parse(
+            &account("redirect_url = \"http://127.0.0.1:9/o\""),
+            "t.toml",
+        )
+        .expect("redirect_url alone");
+        assert_eq!(
+            c.accounts[0].redirect_url.as_deref(),
+            Some("http://127.0.0.1:9/o")
+        );
+        assert!(c.accounts[0].menu_handler.is_none());
+        let both = Config::parse(
+            &account(
+                "redirect_url = \"http://127.0.0.1:9/o\"\nmenu_handler = \"http://127.0.0.1:9/m\"",
+            ),
+            "t.toml",
+        )
+        .expect_err("both");
+        assert!(both.to_string().contains("not both"), "{both}");
+        let neither = Config::parse(&account(""), "t.toml").expect_err("neither");
+        assert!(
+            neither.to_string().contains("menu_handler or redirect_url"),
+            "{neither}"
+        );
+        let public = Config::parse(&account("redirect_url = \"http://8.8.8.8/o\""), "t.toml")
+            .expect_err("public address");
+        assert!(public.to_string().contains("redirect_url"), "{public}");
+    }
+
+    #[test]
     fn embedded_default_parses() {
         let c = Config::embedded(DEFAULT_DEMO_TOKEN);
         assert_eq!(c.origin, "<embedded>");
