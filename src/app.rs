@@ -116,7 +116,7 @@ impl Handler for App {
                 Outcome::Later(Box::new(move |pending| forwarder.submit(*job, pending)))
             }
             (None, Some(job)) => Outcome::Later(Box::new(move |pending| {
-                forwarder.submit_oauth(*job, pending)
+                forwarder.submit_oauth(job, pending)
             })),
             (None, None) => Outcome::Done,
         }
@@ -236,9 +236,28 @@ fn oauth_redirect<'c>(
         code,
         state: text("state").unwrap_or_default(),
         browser: browser(request),
+        user_info: user_info_credentials(config, account),
     }));
     log.outcome = "oauth";
     Ok(())
+}
+
+/// The account's API credentials when it has `user_info = true`.
+fn user_info_credentials(
+    config: &Config,
+    account: &Account,
+) -> Option<forward::userinfo::Credentials> {
+    let (true, Some(app_id), Some(secret)) =
+        (account.user_info, &account.app_id, &account.app_secret)
+    else {
+        return None;
+    };
+    Some(forward::userinfo::Credentials {
+        api_base: config.oauth_api_base.clone(),
+        account: account.name.clone(),
+        app_id: app_id.clone(),
+        app_secret: secret.expose().to_string(),
+    })
 }
 
 /// What the browser sent, bounded: request headers from the `HTTP_*` parameters.
@@ -531,8 +550,11 @@ fn answer<'c>(
                 xml
             });
             let dedup = config.forward.dedup_seconds > 0;
-            let job =
+            let mut job =
                 forward::Job::new(fw, &account.name, &rule.name, msg, limits, fallback, dedup);
+            if matches!(fw.target, forward::Target::Http { .. }) {
+                job.user_info = user_info_credentials(config, account);
+            }
             log.deferred = Some(Box::new(job));
             log.outcome = "forward";
             false

@@ -110,6 +110,10 @@ pub struct Account {
     /// `redirect_url`: URL (http:// to a loopback or private address) that the menu OAuth
     /// redirect is reverse-proxied to (go-wx-gateway's `redirect-url`); excludes `menu_handler`.
     pub redirect_url: Option<String>,
+    /// `user_info`: add the user's `cgi-bin/user/info` as `userInfo`/`userInfoError` to
+    /// forwarded messages and `redirect_url` requests (go-wx-gateway's default); off by default:
+    /// one WeChat API call per user and 10 minutes.
+    pub user_info: bool,
     /// `[[account.rule]]` tables in match order.
     pub rules: Vec<Rule>,
 }
@@ -235,6 +239,7 @@ impl Config {
                 redirect_path: None,
                 menu_handler: None,
                 redirect_url: None,
+                user_info: false,
                 rules: Vec::new(),
             }],
         }
@@ -619,15 +624,20 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
     let mut path_lines: Vec<usize> = Vec::with_capacity(tables.len());
     for t in &tables {
         let (account, path_span) = read_account(t)?;
-        if account.redirect_path.is_some()
+        if (account.redirect_path.is_some() || account.user_info)
             && oauth_api_base.starts_with("https://")
             && !cfg!(feature = "tls")
         {
             let message = format!(
-                "account {:?} uses menu OAuth but this build has no TLS for oauth_api_base {oauth_api_base:?} (build with --features tls)",
+                "account {:?} uses menu OAuth or user_info but this build has no TLS for oauth_api_base {oauth_api_base:?} (build with --features tls)",
                 account.name
             );
-            return Err(t.err_here("redirect_path", message));
+            let key = if account.redirect_path.is_some() {
+                "redirect_path"
+            } else {
+                "user_info"
+            };
+            return Err(t.err_here(key, message));
         }
         if let Some(j) = accounts.iter().position(|a| {
             a.redirect_path.as_deref() == Some(account.path.as_str())
@@ -711,6 +721,7 @@ const ACCOUNT_KEYS: &[&str] = &[
     "redirect_path",
     "menu_handler",
     "redirect_url",
+    "user_info",
     "rule",
 ];
 
@@ -797,6 +808,14 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
             Some(s.to_string())
         }
     };
+    let user_info = match t.bool("user_info")? {
+        Some((true, span)) if app_id.is_none() || app_secret.is_none() => {
+            let message = "user_info = true requires app_id and app_secret";
+            return Err(t.err_at("user_info", &span, message));
+        }
+        Some((b, _)) => b,
+        None => false,
+    };
     let redirect_path = match t.non_empty_str("redirect_path")? {
         None => None,
         Some((s, span)) => {
@@ -836,6 +855,7 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
         redirect_path,
         menu_handler,
         redirect_url,
+        user_info,
         rules,
     };
     Ok((account, path_span))

@@ -292,6 +292,9 @@ fn requests_match_go_wx_gateway_field_by_field() {
             ));
         }
         let got = call.json();
+        if got.get("userInfo").is_some() {
+            diffs.push(format!("{name}: userInfo sent while user_info is off"));
+        }
         if model["struct"] == true {
             compare(name, &model["json"], &got, &mut diffs);
         } else {
@@ -712,7 +715,12 @@ fn redirect_url_protocol_is_a_reverse_proxy() {
     assert_eq!(body["appId"], "wxapp");
     assert_eq!(body["openId"], "oMenuUser");
     assert_eq!(body["state"], "login");
-    assert!(body.get("userInfo").is_some() && body["userInfoError"].is_string());
+    // user_info is off for this account: no lookup, and the backend is told why.
+    assert_eq!(body["userInfo"], Value::Null);
+    assert_eq!(
+        body["userInfoError"],
+        "userInfo not fetched: user_info is off for this account"
+    );
     assert_eq!(call.header("Cookie"), Some("a=1"));
     assert_eq!(
         call.header("User-Agent"),
@@ -749,4 +757,139 @@ fn redirect_url_protocol_is_a_reverse_proxy() {
     let bad = browser_get(nginx.port, "/wxoauth?code=WRONG&state=login", &browser);
     assert_eq!(bad.status, 502);
     assert_eq!(backend.take().len(), 2, "no backend call without an openid");
+}
+
+/// A fake WeChat API: OAuth code exchange (as [`fake_wechat_api`]), `cgi-bin/stable_token`
+/// (token `TOK`) and `cgi-bin/user/info` (oUser and oMenuUser known; others errcode 40003).
+fn fake_wechat_api_with_users() -> Recorder {
+    Recorder::start(|req| {
+        let path = req.target.split('?').next().unwrap_or("");
+        let query = req.target.split_once('?').map(|(_, q)| q).unwrap_or("");
+        match path {
+            "/cgi-bin/stable_token" => {
+                let v: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                if v["appid"] == "wxapp" && v["secret"] == "sec" {
+                    (
+                        200,
+                        vec![],
+                        br#"{"access_token":"TOK","expires_in":7200}"#.to_vec(),
+                    )
+                } else {
+                    (
+                        200,
+                        vec![],
+                        br#"{"errcode":40013,"errmsg":"invalid appid"}"#.to_vec(),
+                    )
+                }
+            }
+            "/cgi-bin/user/info" if query.contains("access_token=TOK") => {
+                let open_id = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("openid="))
+                    .unwrap_or("");
+                if open_id == "oUser" || open_id == "oMenuUser" {
+                    let info = json!({"subscribe": 1, "openid": open_id, "nickname": "Nick",
+                        "sex": 1, "language": "zh_CN", "city": "广州", "province": "广东",
+                        "country": "中国", "headimgurl": "http://img/1", "subscribe_time": 1386160805});
+                    (200, vec![], info.to_string().into_bytes())
+                } else {
+                    (
+                        200,
+                        vec![],
+                        br#"{"errcode":40003,"errmsg":"invalid openid"}"#.to_vec(),
+                    )
+                }
+            }
+            "/cgi-bin/user/info" => (
+                200,
+                vec![],
+                br#"{"errcode":40001,"errmsg":"invalid credential"}"#.to_vec(),
+            ),
+            _ if req
+                .target
+                .ends_with("code=GOOD&grant_type=authorization_code") =>
+            {
+                (
+                    200,
+                    vec![],
+                    br#"{"access_token":"AT","expires_in":7200,"openid":"oMenuUser"}"#.to_vec(),
+                )
+            }
+            _ => (404, vec![], b"not found".to_vec()),
+        }
+    })
+}
+
+#[test]
+fn user_info_is_added_with_a_cached_access_token() {
+    let api = fake_wechat_api_with_users();
+    let backend = Recorder::start(|_| (200, vec![], br#"{"type":"success"}"#.to_vec()));
+    let config = config_toml(
+        &format!("dedup_seconds = 0\noauth_api_base = \"{}\"", api.url("")),
+        TOKEN,
+        "app_id = \"wxapp\"\napp_secret = \"sec\"\nuser_info = true",
+        &format!(
+            "[[account.rule]]\nreply = {{ type = \"forward\", url = \"{}\", timeout_ms = 3000 }}\n",
+            backend.url("/gw")
+        ),
+    );
+    let r = Responder::start(&config);
+    let nginx = Nginx::start(&r.socket, true);
+    for i in 0..3 {
+        let resp = post(&nginx, &text_message(&format!("hello {i}")));
+        assert_eq!(resp.text(), "success", "{}", r.stderr());
+    }
+    let calls = backend.take();
+    assert_eq!(calls.len(), 3);
+    for call in &calls {
+        let v = call.json();
+        assert_eq!(v["userInfo"]["nickname"], "Nick", "{v}");
+        assert_eq!(v["userInfo"]["openid"], "oUser");
+        assert_eq!(v["userInfo"]["sex"], 1);
+        assert_eq!(v["userInfoError"], "");
+        assert_eq!(
+            v["Content"].as_str().map(|c| c.starts_with("hello")),
+            Some(true)
+        );
+    }
+    let api_calls = api.take();
+    let count = |p: &str| api_calls.iter().filter(|c| c.target.starts_with(p)).count();
+    assert_eq!(
+        count("/cgi-bin/stable_token"),
+        1,
+        "one token for all: {api_calls:?}"
+    );
+    assert_eq!(count("/cgi-bin/user/info"), 1, "the user's info is reused");
+
+    // An unknown user: the message is still forwarded, with the reason.
+    let stranger = text_message("who").replace("oUser", "oStranger");
+    assert_eq!(post(&nginx, &stranger).text(), "success");
+    let v = backend.take()[0].json();
+    assert_eq!(v["userInfo"], Value::Null);
+    assert!(
+        v["userInfoError"]
+            .as_str()
+            .is_some_and(|e| e.contains("40003")),
+        "{v}"
+    );
+    assert!(!r.stderr().contains("TOK") && !r.stderr().contains("sec\""));
+}
+
+#[test]
+fn redirect_url_gets_user_info_when_enabled() {
+    let api = fake_wechat_api_with_users();
+    let backend = Recorder::start(|_| (200, vec![], b"ok".to_vec()));
+    let (r, nginx) = oauth_setup(
+        &api,
+        &format!(
+            "redirect_url = \"{}\"\nuser_info = true",
+            backend.url("/oauth")
+        ),
+    );
+    let page = browser_get(nginx.port, "/wxoauth?code=GOOD&state=s", &[]);
+    assert_eq!(page.status, 200, "{}", r.stderr());
+    let v = backend.take()[0].json();
+    assert_eq!(v["openId"], "oMenuUser");
+    assert_eq!(v["userInfo"]["nickname"], "Nick", "{v}");
+    assert_eq!(v["userInfoError"], "");
 }

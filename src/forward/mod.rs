@@ -21,6 +21,7 @@ pub mod dedup;
 pub mod exec;
 pub mod headers;
 pub mod oauth;
+pub mod userinfo;
 
 use crate::fastcgi::{Pending, Response};
 use crate::rules::ReplyTemplate;
@@ -101,6 +102,8 @@ pub struct Job {
     fallback: Option<Vec<u8>>,
     /// Set by the handler in safe mode.
     pub encrypt: Option<Encrypt>,
+    /// Set by the handler for accounts with `user_info = true` (HTTP targets only).
+    pub user_info: Option<userinfo::Credentials>,
 }
 
 impl Job {
@@ -147,6 +150,7 @@ impl Job {
             limits,
             fallback,
             encrypt: None,
+            user_info: None,
         }
     }
 }
@@ -198,7 +202,7 @@ enum Task {
         waiter: Waiter,
     },
     OAuth {
-        job: oauth::OAuthJob,
+        job: Box<oauth::OAuthJob>,
         pending: Pending,
     },
 }
@@ -209,6 +213,8 @@ pub struct Forwarder {
     busy: Arc<AtomicUsize>,
     dedup: Arc<Table<Waiter, Answer>>,
     sender: OnceLock<SyncSender<Task>>,
+    /// `userInfo` lookups (access tokens and user infos in a byte-bounded store).
+    user_info: Arc<userinfo::UserInfo>,
 }
 
 impl Forwarder {
@@ -221,6 +227,9 @@ impl Forwarder {
                 settings.dedup_entries,
             )),
             sender: OnceLock::new(),
+            user_info: Arc::new(userinfo::UserInfo::new(Arc::new(
+                crate::state::MemoryStore::new(userinfo::STORE_BUDGET),
+            ))),
         }
     }
 
@@ -294,7 +303,7 @@ impl Forwarder {
     }
 
     /// Completes a menu OAuth redirect on a forward thread; 503 at once when every slot is busy.
-    pub fn submit_oauth(&self, job: oauth::OAuthJob, pending: Pending) {
+    pub fn submit_oauth(&self, job: Box<oauth::OAuthJob>, pending: Pending) {
         let slots = self.settings.slots;
         let acquired = self
             .busy
@@ -328,9 +337,10 @@ impl Forwarder {
             let rx = Arc::clone(&rx);
             let busy = Arc::clone(&self.busy);
             let dedup = Arc::clone(&self.dedup);
+            let user_info = Arc::clone(&self.user_info);
             let spawned = std::thread::Builder::new()
                 .name(format!("forward-{i}"))
-                .spawn(move || forward_thread(&rx, &busy, &dedup));
+                .spawn(move || forward_thread(&rx, &busy, &dedup, &user_info));
             if let Err(e) = spawned {
                 crate::log_error!("cannot start forward thread {i}: {e}");
             }
@@ -349,7 +359,12 @@ fn busy(job: Job, waiter: Waiter) {
     waiter.answer(job.fallback.as_deref());
 }
 
-fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<Waiter, Answer>) {
+fn forward_thread(
+    rx: &Mutex<Receiver<Task>>,
+    busy: &AtomicUsize,
+    dedup: &Table<Waiter, Answer>,
+    user_info: &userinfo::UserInfo,
+) {
     loop {
         let task = {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
@@ -358,14 +373,15 @@ fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<
         let (job, waiter) = match task {
             Ok(Task::Message { job, waiter }) => (*job, waiter),
             Ok(Task::OAuth { job, pending }) => {
-                oauth_task(&job, pending);
+                oauth_task(&job, pending, user_info);
                 busy.fetch_sub(1, Ordering::AcqRel);
                 continue;
             }
             Err(_) => return,
         };
         let started = Instant::now();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job, user_info)));
         let ms = started.elapsed().as_millis();
         let answer: Answer = match result {
             Ok(Ok(reply)) => {
@@ -399,9 +415,10 @@ fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<
     }
 }
 
-fn oauth_task(job: &oauth::OAuthJob, pending: Pending) {
+fn oauth_task(job: &oauth::OAuthJob, pending: Pending, user_info: &userinfo::UserInfo) {
     let started = Instant::now();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| oauth::run(job)));
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| oauth::run(job, user_info)));
     let ms = started.elapsed().as_millis();
     match result {
         Ok(Ok(page)) => {
@@ -443,11 +460,19 @@ fn finish_all(dedup: &Table<Waiter, Answer>, job: &Job, waiter: Waiter, answer: 
     }
 }
 
-fn run(job: &Job) -> Result<OwnedReply, String> {
+fn run(job: &Job, user_info: &userinfo::UserInfo) -> Result<OwnedReply, String> {
     match &job.forward.target {
         Target::Http { url } => {
             let url = format!("{}{}", url.trim_end_matches('/'), job.path);
-            backend::call(&url, &job.body, job.forward.timeout)
+            match &job.user_info {
+                Some(credentials) => {
+                    let (info, error) = user_info.lookup(credentials, &job.to_user);
+                    let mut body = job.body.clone();
+                    userinfo::append(&mut body, &info, &error);
+                    backend::call(&url, &body, job.forward.timeout)
+                }
+                None => backend::call(&url, &job.body, job.forward.timeout),
+            }
         }
         Target::Exec {
             command,

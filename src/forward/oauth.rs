@@ -14,11 +14,13 @@
 //!   "appId", "openId", "state", "userInfo", "userInfoError"}` is POSTed with the browser's
 //!   request headers (cookies included) and `X-Forwarded-For/-Host/-Proto`; the backend's
 //!   status, headers and body go back to the browser unchanged (a 302, an HTML page, a 404…).
+//!   `userInfo` comes from `cgi-bin/user/info` with `user_info = true` (see [`userinfo`]);
+//!   otherwise it is `null` and `userInfoError` is [`NOT_FETCHED`].
 //!
 //! Every header passed back is checked by [`headers::check_response_header`]; a refused one
 //! is dropped and logged. Failures answer 502 and log one line (never the AppSecret).
 
-use super::{backend, headers};
+use super::{backend, headers, userinfo};
 use crate::fastcgi::Response;
 use serde_json::Value;
 use std::time::Duration;
@@ -84,6 +86,8 @@ pub struct OAuthJob {
     pub code: String,
     pub state: String,
     pub browser: Browser,
+    /// Set for accounts with `user_info = true`: `userInfo` for `redirect_url`.
+    pub user_info: Option<userinfo::Credentials>,
 }
 
 /// What to send back to the browser.
@@ -126,13 +130,22 @@ impl Page {
 }
 
 /// Runs the exchange; `Err` is a one-line reason for the log (without the secret).
-pub fn run(job: &OAuthJob) -> Result<Page, String> {
+pub fn run(job: &OAuthJob, user_info: &userinfo::UserInfo) -> Result<Page, String> {
     let open_id = exchange_code(job)?;
     match &job.target {
         Target::MenuHandler(url) => menu_handler(job, url, &open_id),
-        Target::RedirectUrl(url) => redirect_url(job, url, &open_id),
+        Target::RedirectUrl(url) => {
+            let (info, error) = match &job.user_info {
+                Some(credentials) => user_info.lookup(credentials, &open_id),
+                None => (Value::Null, NOT_FETCHED.to_string()),
+            };
+            redirect_url(job, url, &open_id, info, &error)
+        }
     }
 }
+
+/// `userInfoError` when the account does not have `user_info = true`.
+pub const NOT_FETCHED: &str = "userInfo not fetched: user_info is off for this account";
 
 /// `code` → the user's openid at `oauth_api_base`.
 fn exchange_code(job: &OAuthJob) -> Result<String, String> {
@@ -303,14 +316,20 @@ const NOT_FORWARDED: &[&str] = &[
 ];
 
 /// go-wx-gateway's `redirect-url`: reverse proxy with the openid in a JSON body.
-fn redirect_url(job: &OAuthJob, url: &str, open_id: &str) -> Result<Page, String> {
+fn redirect_url(
+    job: &OAuthJob,
+    url: &str,
+    open_id: &str,
+    user_info: Value,
+    user_info_error: &str,
+) -> Result<Page, String> {
     let request = serde_json::json!({
         "requestURI": job.browser.request_uri,
         "appId": job.app_id,
         "openId": open_id,
         "state": job.state,
-        "userInfo": Value::Null,
-        "userInfoError": "userInfo is not fetched by weixin-fcgi",
+        "userInfo": user_info,
+        "userInfoError": user_info_error,
     });
     let mut call = backend::agent(TIMEOUT)
         .post(url)
