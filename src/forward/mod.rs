@@ -13,8 +13,11 @@
 //!
 //! The forward thread calls the backend under the rule's deadline, renders the reply (and
 //! encrypts it in safe mode) and finishes the request and every retry parked on it.
-//! Failures (non-200, bad JSON, unknown type, timeout, refused, program failure) answer the
-//! fallback (or `success` without one) and log one line naming the account, rule and reason.
+//! Failures (no usable JSON answer, unknown type, timeout, refused, program failure — see
+//! [`backend::interpret`]) answer the fallback (or `success` without one) and log one line
+//! naming the account, rule and reason; an explicit "no reply" from the backend is never
+//! replaced by the fallback. With `user_info`, the user's info is looked up first
+//! ([`userinfo`]).
 
 pub mod backend;
 pub mod dedup;
