@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use weixin_fcgi::app::App;
 use weixin_fcgi::config::{Config, DEFAULT_DEMO_TOKEN};
-use weixin_fcgi::fastcgi::{Server, ServerConfig};
-use weixin_fcgi::{listener, log_error, log_info, log_warn, notify};
+use weixin_fcgi::fastcgi::{Server, ServerConfig, listen, notify};
+use weixin_fcgi::{log_error, log_info, log_warn};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long SIGTERM waits for requests in flight before exiting anyway.
@@ -118,6 +118,9 @@ fn load_config(args: &Args) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any thread starts.
+    let activation = unsafe { listen::take_activation() };
+    weixin_fcgi::logger::set_level(Default::default());
     let argv: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
@@ -134,7 +137,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(args) {
+    match run(args, activation) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log_error!("weixin-fcgi: {e}");
@@ -143,13 +146,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+fn run(args: Args, activation: listen::Activation) -> Result<(), String> {
     let config = load_config(&args)?;
-    weixin_fcgi::log::set_level(config.log_level);
+    weixin_fcgi::logger::set_level(config.log_level);
     notify::init();
     let listen = args.listen.clone().or_else(|| config.listen.clone());
-    let acquired =
-        listener::acquire(listen.as_deref(), config.socket_mode).map_err(|e| e.to_string())?;
+    let acquired = listen::acquire(activation, listen.as_deref(), config.socket_mode)
+        .map_err(|e| e.to_string())?;
 
     // Signals: flags say which arrived, the pipe wakes the main loop.
     let (mut wake_rx, wake_tx) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
@@ -243,7 +246,7 @@ fn reload_config(app: &App, path: Option<&PathBuf>) {
                      after a restart"
                 );
             }
-            weixin_fcgi::log::set_level(new.log_level);
+            weixin_fcgi::logger::set_level(new.log_level);
             let n = new.accounts.len();
             app.replace(new);
             log_info!("SIGHUP: reloaded {} ({n} accounts)", path.display());

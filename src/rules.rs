@@ -9,10 +9,13 @@
 //! Templates: `{FieldName}` is replaced by the incoming field's value (a missing field renders
 //! empty); `{{` and `}}` are literal braces. Templates are parsed once at config load into
 //! pieces, and substitution is single-pass, so user text is never re-interpreted as a template.
+//!
+//! A `forward`/`exec` action only names its target here ([`Forward`]); `forward/` runs it.
 
 use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Article, Envelope, Limits, Reply};
 use std::ops::Range;
+use std::time::Duration;
 
 /// One rule of an account.
 #[derive(Debug, Clone)]
@@ -46,7 +49,29 @@ pub enum Action {
     /// Answer `success` (no reply).
     NoReply,
     /// Ask a backend or a program (`type = "forward"` / `"exec"`), on the forward pool.
-    Forward(std::sync::Arc<crate::forward::Forward>),
+    Forward(std::sync::Arc<Forward>),
+}
+
+/// A `forward` or `exec` action (from the config).
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub target: Target,
+    /// `timeout_ms`: deadline of one backend call or program run.
+    pub timeout: Duration,
+    /// `fallback`: the static reply when the backend fails; `None` answers `success`.
+    pub fallback: Option<ReplyTemplate>,
+}
+
+/// Where the answer comes from.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `url`: base URL, `http://` to a loopback or private address.
+    Http { url: String },
+    /// `command`: program and arguments; `max_output`: stdout cap in bytes.
+    Exec {
+        command: Vec<String>,
+        max_output: usize,
+    },
 }
 
 /// A `{Field}` template parsed into pieces.

@@ -11,13 +11,14 @@
 //! `https://` is not supported (no TLS client): send to nginx's plain-HTTP listener on
 //! loopback, or to the FastCGI socket directly.
 
-use super::{Args, now, random_digits, usage_error};
+use super::{Args, random_digits, usage_error};
 use crate::config::{Config, DEFAULT_DEMO_TOKEN, check_token};
 use crate::fastcgi::client::{self, Connection};
 use crate::wechat::crypto::{self, AesKey};
 use crate::wechat::message::Message;
 use crate::wechat::reply::write_cdata;
 use crate::wechat::signature::{sign, verify_msg};
+use crate::wechat::unix_time;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::ExitCode;
@@ -181,7 +182,7 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
     let (kind, rest) = args.positional.split_first().ok_or_else(|| {
         usage("missing KIND: verify, text, image, voice, location, link, event or xml (see --help)")
     })?;
-    let timestamp = now().to_string();
+    let timestamp = unix_time().to_string();
     let nonce = random_digits(10).map_err(failed)?;
     let signature = sign_str(&[&creds.token, &timestamp, &nonce]);
     let from = args.value("--from").unwrap_or(DEFAULT_FROM);
@@ -504,7 +505,11 @@ fn build_message(
     out.extend_from_slice(b"</ToUserName><FromUserName>");
     write_cdata(&mut out, from);
     out.extend_from_slice(
-        format!("</FromUserName><CreateTime>{}</CreateTime><MsgType>", now()).as_bytes(),
+        format!(
+            "</FromUserName><CreateTime>{}</CreateTime><MsgType>",
+            unix_time()
+        )
+        .as_bytes(),
     );
     write_cdata(&mut out, msg_type);
     out.extend_from_slice(b"</MsgType>");
