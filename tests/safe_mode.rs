@@ -8,7 +8,7 @@ use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-/// The test vectors' account (`../shared/vectors/wechat-vectors.json`).
+/// The test vectors' account (`tests/fixtures/vectors/wechat-vectors.json`).
 const TOKEN: &str = "pamtest";
 const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 const APPID: &str = "wxb11529c136998cb6";
@@ -188,29 +188,17 @@ fn text_content(xml: &str) -> String {
 
 /// (timestamp, nonce, msg_signature, body) of every `safe_mode_incoming` vector.
 fn vectors() -> Vec<[String; 4]> {
-    let path = repo().join("../shared/vectors/wechat-vectors.json");
-    let path = if path.exists() {
-        path
-    } else {
-        std::path::PathBuf::from("/work/shared/vectors/wechat-vectors.json")
-    };
-    let out = Command::new(PYTHON)
-        .arg("-c")
-        .arg(
-            "import json,sys\n\
-             for v in json.load(open(sys.argv[1]))['safe_mode_incoming']:\n\
-             \x20   print('\\t'.join([v['timestamp'], v['nonce'], v['msg_signature'], v['body']]))",
-        )
-        .arg(&path)
-        .output()
-        .expect("python3");
-    assert!(out.status.success(), "reading {}", path.display());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            [f[0], f[1], f[2], f[3]].map(str::to_string)
+    let path = repo().join("tests/fixtures/vectors/wechat-vectors.json");
+    let text = std::fs::read_to_string(&path).expect("the vector fixture");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("vectors are JSON");
+    let cases = v["safe_mode_incoming"]
+        .as_array()
+        .expect("safe_mode_incoming");
+    cases
+        .iter()
+        .map(|c| {
+            ["timestamp", "nonce", "msg_signature", "body"]
+                .map(|k| c[k].as_str().expect("a string field").to_string())
         })
         .collect()
 }

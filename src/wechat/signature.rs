@@ -65,11 +65,15 @@ mod tests {
     #[test]
     fn vectors_verify() {
         let v = testvec::load();
-        let token = v.str("token");
-        let sigs = v.array("signature");
+        let token = testvec::str(&v, "token");
+        let sigs = testvec::array(&v, "signature");
         assert_eq!(sigs.len(), 3);
         for s in sigs {
-            let (ts, nonce, sig) = (s.str("timestamp"), s.str("nonce"), s.str("signature"));
+            let (ts, nonce, sig) = (
+                testvec::str(s, "timestamp"),
+                testvec::str(s, "nonce"),
+                testvec::str(s, "signature"),
+            );
             assert!(verify(
                 token.as_bytes(),
                 ts.as_bytes(),
