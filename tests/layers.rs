@@ -17,7 +17,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("wechat", &[]),
     ("rules", &["wechat"]),
     ("config", &["rules", "wechat", "logger"]),
-    ("forward", &["config", "rules", "wechat", "logger"]),
+    ("forward", &["config", "rules", "wechat", "logger", "query"]),
     (
         "app",
         &[

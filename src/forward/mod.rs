@@ -27,7 +27,7 @@ use crate::config::ForwardSettings;
 use crate::rules::{Forward, Target};
 use crate::wechat::crypto::AesKey;
 use crate::wechat::message::Message;
-use crate::wechat::reply::{self, Article, Envelope, Limits, Reply};
+use crate::wechat::reply::{self, Envelope, Limits, Reply};
 use crate::wechat::{Sealer, unix_time};
 use backend::OwnedReply;
 use dedup::{Begin, Table};
@@ -462,62 +462,20 @@ fn run(job: &Job) -> Result<OwnedReply, String> {
             job.forward.timeout,
             *max_output,
         )
-        .map(OwnedReply::Text),
+        .map(|content| Some(Reply::Text { content })),
     }
 }
 
 /// Renders a backend reply as reply XML; `None` for no reply.
 fn render(job: &Job, reply: &OwnedReply) -> Option<Vec<u8>> {
+    let reply = reply.as_ref()?;
     let envelope = Envelope {
         to_user: &job.to_user,
         from_user: &job.from_user,
         create_time: unix_time(),
     };
     let mut out = Vec::with_capacity(512);
-    let articles: Vec<Article<'_>>;
-    let r = match reply {
-        OwnedReply::None => return None,
-        OwnedReply::Text(content) => Reply::Text { content },
-        OwnedReply::Image(media_id) => Reply::Image { media_id },
-        OwnedReply::Voice(media_id) => Reply::Voice { media_id },
-        OwnedReply::Video {
-            media_id,
-            title,
-            description,
-        } => Reply::Video {
-            media_id,
-            title,
-            description,
-        },
-        OwnedReply::Music {
-            title,
-            description,
-            music_url,
-            hq_music_url,
-            thumb_media_id,
-        } => Reply::Music {
-            title,
-            description,
-            music_url,
-            hq_music_url,
-            thumb_media_id,
-        },
-        OwnedReply::News(items) => {
-            articles = items
-                .iter()
-                .map(|[title, description, pic_url, url]| Article {
-                    title,
-                    description,
-                    pic_url,
-                    url,
-                })
-                .collect();
-            Reply::News {
-                articles: &articles,
-            }
-        }
-    };
-    reply::render(&r, &envelope, &job.limits, &mut out);
+    reply::render(reply, &envelope, &job.limits, &mut out);
     Some(out)
 }
 

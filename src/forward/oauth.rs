@@ -10,6 +10,7 @@
 //! Failures answer 502 and log one line (never the AppSecret).
 
 use super::{Answer, backend};
+use crate::query::encode;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -143,19 +144,6 @@ pub fn parse_page(body: &[u8]) -> Result<Page, String> {
         redirect: s("r"),
         content: s("c"),
     })
-}
-
-/// Percent-encodes a query value.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -18,7 +18,6 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STAN
 use cbc::cipher::array::Array;
 use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
 
-use super::reply::u64_digits;
 use super::signature::{ct_eq, sign};
 
 /// A 32-byte AES key decoded from a 43-character EncodingAESKey. `Debug` is redacted.
@@ -282,8 +281,8 @@ pub fn render_encrypted_reply(
     let start = out.len();
     let mut nonce = [0u8; NONCE_LEN];
     random_digits(&mut nonce)?;
-    let mut ts_buf = [0; 20];
-    let ts = u64_digits(timestamp, &mut ts_buf);
+    let mut ts_buf = itoa::Buffer::new();
+    let ts = ts_buf.format(timestamp).as_bytes();
 
     out.extend_from_slice(b"<xml><Encrypt><![CDATA[");
     let b64_start = out.len();
