@@ -93,6 +93,62 @@ pub struct Config {
     pub accounts: Vec<Account>,
 }
 
+/// The settings a reload cannot change: the socket, the FastCGI worker pool and its caps, and
+/// the forward pool. Everything else (accounts, rules, `timestamp_window`, `text_max_bytes`,
+/// `log_level`, `idle_exit`, `oauth_api_base`) takes effect at a SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartSettings {
+    listen: Option<String>,
+    socket_mode: u32,
+    workers: usize,
+    max_conns: usize,
+    max_body: usize,
+    io_timeout: Duration,
+    forward: ForwardSettings,
+}
+
+impl RestartSettings {
+    /// The config keys whose values differ between `self` (in force) and `new`.
+    pub fn changed_keys(&self, new: &RestartSettings) -> Vec<&'static str> {
+        let keys = [
+            ("listen", self.listen != new.listen),
+            ("socket_mode", self.socket_mode != new.socket_mode),
+            ("workers", self.workers != new.workers),
+            ("max_conns", self.max_conns != new.max_conns),
+            ("max_body", self.max_body != new.max_body),
+            ("io_timeout_ms", self.io_timeout != new.io_timeout),
+            ("forward_slots", self.forward.slots != new.forward.slots),
+            (
+                "dedup_seconds",
+                self.forward.dedup_seconds != new.forward.dedup_seconds,
+            ),
+            (
+                "dedup_entries",
+                self.forward.dedup_entries != new.forward.dedup_entries,
+            ),
+        ];
+        keys.iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(key, _)| *key)
+            .collect()
+    }
+}
+
+impl Config {
+    /// The settings of this config that only a restart changes.
+    pub fn restart_settings(&self) -> RestartSettings {
+        RestartSettings {
+            listen: self.listen.clone(),
+            socket_mode: self.socket_mode,
+            workers: self.workers,
+            max_conns: self.max_conns,
+            max_body: self.max_body,
+            io_timeout: self.io_timeout,
+            forward: self.forward,
+        }
+    }
+}
+
 /// One Official Account.
 #[derive(Debug, Clone)]
 pub struct Account {
@@ -1169,6 +1225,31 @@ pub fn check_url(url: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_settings_name_exactly_what_changed() {
+        let base = "[[account]]\npath = \"/w\"\ntoken = \"tok123\"\n";
+        let old = Config::parse(base, "a.toml").expect("valid");
+        let same = Config::parse(
+            &format!("idle_exit = 5\nlog_level = \"debug\"\n{base}"),
+            "b.toml",
+        )
+        .expect("valid");
+        assert!(
+            old.restart_settings()
+                .changed_keys(&same.restart_settings())
+                .is_empty()
+        );
+        let new = Config::parse(
+            &format!("workers = 3\nio_timeout_ms = 100\ndedup_entries = 99\n{base}"),
+            "c.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            old.restart_settings().changed_keys(&new.restart_settings()),
+            ["workers", "io_timeout_ms", "dedup_entries"]
+        );
+    }
 
     #[test]
     fn urls() {

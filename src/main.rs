@@ -1,4 +1,5 @@
 //! `weixin-fcgi`: serve WeChat Official Account callbacks over FastCGI.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::io::Read;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use weixin_fcgi::app::App;
-use weixin_fcgi::config::{Config, DEFAULT_DEMO_TOKEN};
+use weixin_fcgi::config::{Config, DEFAULT_DEMO_TOKEN, RestartSettings};
 use weixin_fcgi::fastcgi::{Server, ServerConfig, listen, notify};
 use weixin_fcgi::{log_error, log_info, log_warn};
 
@@ -172,8 +173,8 @@ fn run(args: Args, activation: listen::Activation) -> Result<(), String> {
         max_params: 64 * 1024,
         io_timeout: config.io_timeout,
     };
-    let idle_exit = (acquired.socket_activated && config.idle_exit > 0)
-        .then(|| Duration::from_secs(config.idle_exit));
+    // Compared at each SIGHUP: these take effect only after a restart.
+    let restart_settings = config.restart_settings();
     let accounts: Vec<String> = config
         .accounts
         .iter()
@@ -197,14 +198,17 @@ fn run(args: Args, activation: listen::Activation) -> Result<(), String> {
     while !stop.load(Ordering::Acquire) {
         let _ = wake_rx.read(&mut sink);
         if reload.swap(false, Ordering::AcqRel) {
-            reload_config(&app, args.config.as_ref());
+            reload_config(&app, args.config.as_ref(), &restart_settings);
         }
         let stats = handle.stats();
         if stats.served != last_served {
             last_served = stats.served;
             notify::notify(&format!("STATUS=serving, {} requests", stats.served));
         }
-        if let Some(limit) = idle_exit {
+        // Read each time: a reload may change it.
+        let idle_exit = app.config().idle_exit;
+        if acquired.socket_activated && idle_exit > 0 {
+            let limit = Duration::from_secs(idle_exit);
             if stats.in_flight == 0 && stats.open_conns == 0 && stats.idle_for >= limit {
                 log_info!(
                     "idle for {}s: exiting (socket activation restarts on demand)",
@@ -229,21 +233,18 @@ fn run(args: Args, activation: listen::Activation) -> Result<(), String> {
     Ok(())
 }
 
-fn reload_config(app: &App, path: Option<&PathBuf>) {
+fn reload_config(app: &App, path: Option<&PathBuf>, running: &RestartSettings) {
     let Some(path) = path else {
         log_warn!("SIGHUP: nothing to reload (running the embedded config)");
         return;
     };
     match Config::load(path) {
         Ok(new) => {
-            let old = app.config();
-            if new.workers != old.workers
-                || new.listen != old.listen
-                || new.max_body != old.max_body
-            {
+            let changed = running.changed_keys(&new.restart_settings());
+            if !changed.is_empty() {
                 log_warn!(
-                    "SIGHUP: workers, listen, max_body, max_conns and io_timeout take effect only \
-                     after a restart"
+                    "SIGHUP: {} changed; the running values stay until a restart",
+                    changed.join(", ")
                 );
             }
             weixin_fcgi::logger::set_level(new.log_level);
