@@ -6,7 +6,7 @@
 //!
 //! Every loop and every wait is bounded; the whole file runs in well under a minute.
 
-mod common;
+pub mod common;
 use common::*;
 
 use std::io::{Read, Write};

@@ -3,7 +3,7 @@
 //! the way systemd does it: when the socket becomes readable) answers it. Without socket
 //! activation the setting is ignored. Every test has a hard timeout ([`watchdog`]).
 
-mod common;
+pub mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -108,7 +108,7 @@ fn idle_exit_is_ignored_without_socket_activation() {
     );
     let (status, _) = fcgi_text(&r.socket, TOKEN, "y").unwrap();
     assert_eq!(status, 200);
-    r.signal("TERM");
+    r.term();
     assert!(wait_for(Duration::from_secs(10), || !r.alive()));
 }
 

@@ -2,7 +2,7 @@
 //! old config and logs `FILE:LINE`; under load through nginx, reloads never fail a request and
 //! never mix two configs in one reply. Every test has a hard timeout ([`watchdog`]).
 
-mod common;
+pub mod common;
 use common::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

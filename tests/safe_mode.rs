@@ -2,7 +2,7 @@
 //! encrypted and replies decrypted and verified by an independent implementation,
 //! `tests/helpers/wxcrypt.py` (Python `cryptography`), never by the project's own crypto.
 
-mod common;
+pub mod common;
 use common::*;
 
 use std::io::{BufRead, BufReader, Write};
@@ -255,9 +255,9 @@ fn all_cases() -> Vec<(String, Option<String>)> {
 
 #[test]
 fn every_rule_in_safe_and_compatible_mode() {
-    // MATCH_RULES first: its cases must not fall into ALL_TYPES_RULES' catch-all...
-    let match_r = Responder::start(&safe_config("", MATCH_RULES));
-    let types_r = Responder::start(&safe_config("", ALL_TYPES_RULES));
+    // match.toml first: its cases must not fall into all-types.toml's catch-all...
+    let match_r = Responder::start(&safe_config("", &rules_fixture("match.toml")));
+    let types_r = Responder::start(&safe_config("", &rules_fixture("all-types.toml")));
     let match_n = Nginx::start(&match_r.socket, true);
     let types_n = Nginx::start(&types_r.socket, false);
     let mut py = WxCrypt::start();
@@ -488,16 +488,16 @@ fn encrypted_request_to_an_account_without_a_key_is_refused() {
 fn encrypted_replies_equal_plaintext_replies() {
     let mut py = WxCrypt::start();
     let sets: [(&str, Vec<String>); 3] = [
-        (REPLY_RULES, reply_triggers()),
+        ("reply.toml", reply_triggers()),
         (
-            ALL_TYPES_RULES,
+            "all-types.toml",
             ALL_TYPES_CASES
                 .iter()
                 .map(|(f, _)| message_fixture(f))
                 .collect(),
         ),
         (
-            MATCH_RULES,
+            "match.toml",
             match_cases().into_iter().map(|(_, m, _)| m).collect(),
         ),
     ];
@@ -507,7 +507,7 @@ fn encrypted_replies_equal_plaintext_replies() {
         format!("{}{}", &xml[..a], &xml[b..])
     };
     for (rules, messages) in sets {
-        let r = Responder::start(&safe_config("", rules));
+        let r = Responder::start(&safe_config("", &rules_fixture(rules)));
         let nginx = Nginx::start(&r.socket, true);
         for msg in messages {
             let plain = nginx.request(
