@@ -48,8 +48,12 @@ static LOGGER: OneLine = OneLine;
 static JOURNAL: OnceLock<bool> = OnceLock::new();
 
 impl log::Log for OneLine {
+    /// Only our own crates log: a dependency's debug lines (an HTTP client's request URIs,
+    /// say) could carry secrets and are not written in our one-line style.
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        let target = metadata.target();
         metadata.level() <= log::max_level()
+            && (target.starts_with("weixin_fcgi") || target.starts_with("fastcgi_responder"))
     }
 
     fn log(&self, record: &log::Record<'_>) {
@@ -103,3 +107,25 @@ macro_rules! log_warn { ($($t:tt)*) => { ::log::warn!($($t)*) } }
 macro_rules! log_info { ($($t:tt)*) => { ::log::info!($($t)*) } }
 #[macro_export]
 macro_rules! log_debug { ($($t:tt)*) => { ::log::debug!($($t)*) } }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use log::Log;
+
+    #[test]
+    fn only_our_crates_log() {
+        set_level(LogLevel::Debug);
+        let meta = |target| {
+            log::Metadata::builder()
+                .level(log::Level::Debug)
+                .target(target)
+                .build()
+        };
+        assert!(LOGGER.enabled(&meta("weixin_fcgi::forward")));
+        assert!(LOGGER.enabled(&meta("fastcgi_responder::pool")));
+        assert!(!LOGGER.enabled(&meta("ureq::run")));
+        set_level(LogLevel::Info);
+        assert!(!LOGGER.enabled(&meta("weixin_fcgi::app")));
+    }
+}
