@@ -5,10 +5,12 @@
 //!   [`fastcgi`]): records, the connection state machine, the worker pool, socket activation.
 //!   It knows no WeChat word.
 //! - [`wechat`]: the callback protocol (signature, message parsing, reply rendering, safe-mode
-//!   crypto). No sockets. [`logger`]: the one-line logger behind the `log` facade.
+//!   crypto). No sockets. [`logger`]: the one-line logger behind the `log` facade. [`state`]:
+//!   the key/value store interface and its in-process store; [`wxapi`] (→ state): the WeChat
+//!   API client.
 //! - [`rules`] (→ wechat): which rule answers a message, and its reply template or forward
 //!   target; [`config`] (→ rules, wechat, logger): the TOML configuration.
-//! - [`forward`] (→ config, rules, wechat): answers from a backend or a program, on its own
+//! - [`forward`] (→ config, rules, wechat, state, wxapi): answers from a backend or a program, on its own
 //!   threads; it completes a request through a callback and never sees a FastCGI type.
 //! - [`app`] (→ all of those and the transport): the FastCGI handler that wires a request
 //!   through an account's rules. `main` and [`cli`] on top.

@@ -10,28 +10,39 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Which top-level modules each module may use. `fastcgi` is the transport crate re-exported
-/// by `lib.rs`; `main` and `cli` sit on top.
+/// by `lib.rs`; `state` (the key/value store) sits at the bottom with `wechat` and `logger`,
+/// `wxapi` (the WeChat API client) on `state`; `main` and `cli` sit on top.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("logger", &[]),
     ("query", &[]),
+    ("state", &[]),
     ("wechat", &[]),
+    ("wxapi", &["state", "wechat", "logger"]),
     ("rules", &["wechat"]),
     ("config", &["rules", "wechat", "logger"]),
-    ("forward", &["config", "rules", "wechat", "logger", "query"]),
+    (
+        "forward",
+        &[
+            "config", "rules", "wechat", "logger", "query", "state", "wxapi",
+        ],
+    ),
     (
         "app",
         &[
-            "config", "rules", "forward", "wechat", "logger", "query", "fastcgi",
+            "config", "rules", "forward", "wechat", "logger", "query", "state", "wxapi", "fastcgi",
         ],
     ),
     (
         "cli",
-        &["config", "rules", "wechat", "logger", "query", "fastcgi"],
+        &[
+            "config", "rules", "wechat", "logger", "query", "state", "wxapi", "fastcgi",
+        ],
     ),
     (
         "main",
         &[
-            "app", "cli", "config", "rules", "forward", "wechat", "logger", "query", "fastcgi",
+            "app", "cli", "config", "rules", "forward", "wechat", "logger", "query", "state",
+            "wxapi", "fastcgi",
         ],
     ),
 ];
