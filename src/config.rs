@@ -8,7 +8,10 @@
 //! Unknown keys are errors everywhere except inside a rule's `fields`: a typo must not turn
 //! into a silently ignored setting.
 
-use crate::rules::{Action, ArticleTemplate, Conditions, ReplyTemplate, Rule, Template};
+use crate::logger::LogLevel;
+use crate::rules::{
+    Action, ArticleTemplate, Conditions, Forward, ReplyTemplate, Rule, Target, Template,
+};
 use crate::wechat::crypto::AesKey;
 use std::ops::Range;
 use std::path::Path;
@@ -35,15 +38,23 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Log verbosity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub enum LogLevel {
-    Error,
-    Warn,
-    #[default]
-    Info,
-    /// Includes personal data (message text, OpenIDs).
-    Debug,
+/// Global settings (`forward_slots`, `dedup_seconds`, `dedup_entries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardSettings {
+    pub slots: usize,
+    /// 0 turns de-duplication off.
+    pub dedup_seconds: u64,
+    pub dedup_entries: usize,
+}
+
+impl Default for ForwardSettings {
+    fn default() -> Self {
+        ForwardSettings {
+            slots: 8,
+            dedup_seconds: 30,
+            dedup_entries: 4096,
+        }
+    }
 }
 
 /// Everything the process needs to serve.
@@ -74,12 +85,68 @@ pub struct Config {
     /// `forward_slots` (default 8, 1..=256), `dedup_seconds` (default 30, 0 = off, ..=3600),
     /// `dedup_entries` (default 4096, 16..=1048576): the forward pool and retry table. Fixed at
     /// start (a reload keeps the running pool).
-    pub forward: crate::forward::Settings,
+    pub forward: ForwardSettings,
     /// `oauth_api_base`: the WeChat API for menu OAuth (default `https://api.weixin.qq.com`;
     /// https needs the `tls` cargo feature).
     pub oauth_api_base: String,
     /// `[[account]]` tables, in file order.
     pub accounts: Vec<Account>,
+}
+
+/// The settings a reload cannot change: the socket, the FastCGI worker pool and its caps, and
+/// the forward pool. Everything else (accounts, rules, `timestamp_window`, `text_max_bytes`,
+/// `log_level`, `idle_exit`, `oauth_api_base`) takes effect at a SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartSettings {
+    listen: Option<String>,
+    socket_mode: u32,
+    workers: usize,
+    max_conns: usize,
+    max_body: usize,
+    io_timeout: Duration,
+    forward: ForwardSettings,
+}
+
+impl RestartSettings {
+    /// The config keys whose values differ between `self` (in force) and `new`.
+    pub fn changed_keys(&self, new: &RestartSettings) -> Vec<&'static str> {
+        let keys = [
+            ("listen", self.listen != new.listen),
+            ("socket_mode", self.socket_mode != new.socket_mode),
+            ("workers", self.workers != new.workers),
+            ("max_conns", self.max_conns != new.max_conns),
+            ("max_body", self.max_body != new.max_body),
+            ("io_timeout_ms", self.io_timeout != new.io_timeout),
+            ("forward_slots", self.forward.slots != new.forward.slots),
+            (
+                "dedup_seconds",
+                self.forward.dedup_seconds != new.forward.dedup_seconds,
+            ),
+            (
+                "dedup_entries",
+                self.forward.dedup_entries != new.forward.dedup_entries,
+            ),
+        ];
+        keys.iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(key, _)| *key)
+            .collect()
+    }
+}
+
+impl Config {
+    /// The settings of this config that only a restart changes.
+    pub fn restart_settings(&self) -> RestartSettings {
+        RestartSettings {
+            listen: self.listen.clone(),
+            socket_mode: self.socket_mode,
+            workers: self.workers,
+            max_conns: self.max_conns,
+            max_body: self.max_body,
+            io_timeout: self.io_timeout,
+            forward: self.forward,
+        }
+    }
 }
 
 /// One Official Account.
@@ -225,7 +292,7 @@ impl Config {
             text_max_bytes: DEFAULT_TEXT_MAX_BYTES as usize,
             log_level: LogLevel::default(),
             idle_exit: 0,
-            forward: crate::forward::Settings::default(),
+            forward: ForwardSettings::default(),
             oauth_api_base: DEFAULT_OAUTH_API_BASE.to_string(),
             accounts: vec![Account {
                 name: "demo".to_string(),
@@ -597,8 +664,8 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         },
     };
     let idle_exit = top.uint("idle_exit", 0, 0, u64::MAX)?;
-    let defaults = crate::forward::Settings::default();
-    let forward = crate::forward::Settings {
+    let defaults = ForwardSettings::default();
+    let forward = ForwardSettings {
         slots: top.usize("forward_slots", defaults.slots as u64, 1, 256)?,
         dedup_seconds: top.uint("dedup_seconds", defaults.dedup_seconds, 0, 3600)?,
         dedup_entries: top.usize("dedup_entries", defaults.dedup_entries as u64, 16, 1 << 20)?,
@@ -793,14 +860,14 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
     let menu_handler = match t.non_empty_str("menu_handler")? {
         None => None,
         Some((s, span)) => {
-            crate::forward::check_url(s).map_err(|m| t.err_at("menu_handler", &span, m))?;
+            check_url(s).map_err(|m| t.err_at("menu_handler", &span, m))?;
             Some(s.to_string())
         }
     };
     let redirect_url = match t.non_empty_str("redirect_url")? {
         None => None,
         Some((s, span)) => {
-            crate::forward::check_url(s).map_err(|m| t.err_at("redirect_url", &span, m))?;
+            check_url(s).map_err(|m| t.err_at("redirect_url", &span, m))?;
             if menu_handler.is_some() {
                 let message = "set either menu_handler (the seed's {h, r, c} protocol) or redirect_url (reverse proxy), not both";
                 return Err(t.err_at("redirect_url", &span, message));
@@ -1098,10 +1165,10 @@ const DEFAULT_EXEC_MAX_OUTPUT: u64 = 2048;
 /// fallback = { type = "text", content = "…" } }`.
 fn build_forward(t: &Table<'_>) -> Result<Action, ConfigError> {
     let (url, span) = t.required_str("url")?;
-    crate::forward::check_url(url).map_err(|m| t.err_at("url", &span, m))?;
+    check_url(url).map_err(|m| t.err_at("url", &span, m))?;
     forward_action(
         t,
-        crate::forward::Target::Http {
+        Target::Http {
             url: url.to_string(),
         },
     )
@@ -1132,14 +1199,14 @@ fn build_exec(t: &Table<'_>) -> Result<Action, ConfigError> {
     let max_output = t.usize("max_output", DEFAULT_EXEC_MAX_OUTPUT, 1, 1 << 20)?;
     forward_action(
         t,
-        crate::forward::Target::Exec {
+        Target::Exec {
             command,
             max_output,
         },
     )
 }
 
-fn forward_action(t: &Table<'_>, target: crate::forward::Target) -> Result<Action, ConfigError> {
+fn forward_action(t: &Table<'_>, target: Target) -> Result<Action, ConfigError> {
     let timeout_ms = t.uint(
         "timeout_ms",
         DEFAULT_FORWARD_TIMEOUT_MS,
@@ -1157,18 +1224,98 @@ fn forward_action(t: &Table<'_>, target: crate::forward::Target) -> Result<Actio
             }
         },
     };
-    Ok(Action::Forward(std::sync::Arc::new(
-        crate::forward::Forward {
-            target,
-            timeout: Duration::from_millis(timeout_ms),
-            fallback,
-        },
-    )))
+    Ok(Action::Forward(std::sync::Arc::new(Forward {
+        target,
+        timeout: Duration::from_millis(timeout_ms),
+        fallback,
+    })))
+}
+
+/// Checks a forward base URL: `http://` to a loopback or private IP address (or
+/// `localhost`), with an optional port and path, no query or fragment.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err("must start with http:// (plain HTTP to a loopback or private address)".into());
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if url.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain a query, fragment, whitespace or control characters".into());
+    }
+    if authority.contains('@') {
+        return Err("must not contain user information".into());
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    let private = match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback() || ip.is_private(),
+        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00,
+        Err(_) => host == "localhost",
+    };
+    if private {
+        Ok(())
+    } else {
+        Err(format!(
+            "host {host:?} is not a loopback or private IP address (or localhost)"
+        ))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_settings_name_exactly_what_changed() {
+        let base = "[[account]]\npath = \"/w\"\ntoken = \"tok123\"\n";
+        let old = Config::parse(base, "a.toml").expect("valid");
+        let same = Config::parse(
+            &format!("idle_exit = 5\nlog_level = \"debug\"\n{base}"),
+            "b.toml",
+        )
+        .expect("valid");
+        assert!(
+            old.restart_settings()
+                .changed_keys(&same.restart_settings())
+                .is_empty()
+        );
+        let new = Config::parse(
+            &format!("workers = 3\nio_timeout_ms = 100\ndedup_entries = 99\n{base}"),
+            "c.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            old.restart_settings().changed_keys(&new.restart_settings()),
+            ["workers", "io_timeout_ms", "dedup_entries"]
+        );
+    }
+
+    #[test]
+    fn urls() {
+        for ok in [
+            "http://127.0.0.1:8080/base",
+            "http://10.1.2.3/x",
+            "http://192.168.1.1:1",
+            "http://172.16.0.1/",
+            "http://[::1]:80/a",
+            "http://localhost:9000",
+        ] {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "https://127.0.0.1/",
+            "http://8.8.8.8/",
+            "http://example.com/",
+            "http://127.0.0.1/?q",
+            "http://u@127.0.0.1/",
+            "ftp://127.0.0.1/",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
+
     use crate::rules::{Action, ReplyTemplate};
 
     const FULL: &str = include_str!("../examples/full.toml");

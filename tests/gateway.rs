@@ -8,7 +8,7 @@
 //! - Answers: the answer table row by row, with and without a configured fallback.
 //! - Menu OAuth: both protocols (`menu_handler`, `redirect_url`) with a local fake WeChat API.
 
-mod common;
+pub mod common;
 use common::*;
 use serde_json::{Value, json};
 use std::io::{Read, Write};

@@ -22,6 +22,7 @@
 //! any status): `{"type": T, "msg": M}`, `type` defaulting to `text`. See [`interpret`].
 
 use crate::wechat::message::Node;
+use crate::wechat::reply::{Article, Reply};
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -35,27 +36,8 @@ pub const CONTENT_TYPE: &str = "application/json; charset=UTF-8";
 /// whatever `Count` says; real reports have a handful).
 pub const MAX_RESULT_LIST: usize = 64;
 
-/// A reply from a backend or a program, owned (it crosses threads).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OwnedReply {
-    None,
-    Text(String),
-    Image(String),
-    Voice(String),
-    Video {
-        media_id: String,
-        title: String,
-        description: String,
-    },
-    Music {
-        title: String,
-        description: String,
-        music_url: String,
-        hq_music_url: String,
-        thumb_media_id: String,
-    },
-    News(Vec<[String; 4]>),
-}
+/// A reply from a backend or a program, owned (it crosses threads); `None` is no reply.
+pub type OwnedReply = Option<Reply<String>>;
 
 /// The URL path suffix for a message: `/msg/<MsgType>` or `/event/<Event>`, percent-encoded.
 pub fn path_for(msg_type: &str, event: &str) -> String {
@@ -64,15 +46,7 @@ pub fn path_for(msg_type: &str, event: &str) -> String {
     } else {
         ("msg", msg_type)
     };
-    let mut out = format!("/{kind}/");
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    format!("/{kind}/{}", crate::query::encode(name))
 }
 
 /// How the gateway's struct types a field: Go `string` or `int`.
@@ -462,7 +436,7 @@ pub fn describe(e: &ureq::Error) -> String {
 pub fn interpret(status: u16, body: &[u8]) -> Result<OwnedReply, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return if status == 200 {
-            Ok(OwnedReply::None)
+            Ok(None)
         } else {
             Err(format!("backend answered HTTP {status} with an empty body"))
         };
@@ -492,7 +466,7 @@ pub fn parse_answer(body: &[u8]) -> Result<OwnedReply, String> {
         Some(_) => return Err("answer \"type\" is not a string".to_string()),
     };
     if matches!(kind, "success" | "none") {
-        return Ok(OwnedReply::None);
+        return Ok(None);
     }
     if matches!(kind, "news" | "music") {
         return rich(kind, &obj);
@@ -506,18 +480,14 @@ pub fn parse_answer(body: &[u8]) -> Result<OwnedReply, String> {
         None => return Err(format!("{kind:?} answer without \"msg\"")),
     };
     if kind == "text" {
-        return Ok(if msg.is_empty() {
-            OwnedReply::None
-        } else {
-            OwnedReply::Text(msg)
-        });
+        return Ok((!msg.is_empty()).then_some(Reply::Text { content: msg }));
     }
     if msg.is_empty() {
         return Err(format!("{kind:?} answer with an empty media id"));
     }
-    Ok(match kind {
-        "image" => OwnedReply::Image(msg),
-        "voice" => OwnedReply::Voice(msg),
+    Ok(Some(match kind {
+        "image" => Reply::Image { media_id: msg },
+        "voice" => Reply::Voice { media_id: msg },
         _ => {
             let text = |names: &[&str]| -> Result<String, String> {
                 for name in names {
@@ -531,13 +501,13 @@ pub fn parse_answer(body: &[u8]) -> Result<OwnedReply, String> {
                 }
                 Ok(String::new())
             };
-            OwnedReply::Video {
+            Reply::Video {
                 media_id: msg,
                 title: text(&["title"])?,
                 description: text(&["desc", "description"])?,
             }
         }
-    })
+    }))
 }
 
 /// `music` and `news` answers (weixin-fcgi's extension; the gateway answers `success`). Their
@@ -559,13 +529,13 @@ fn rich(kind: &str, obj: &Map<String, Value>) -> Result<OwnedReply, String> {
         if thumb_media_id.is_empty() {
             return Err("music answer without thumb_media_id".to_string());
         }
-        return Ok(OwnedReply::Music {
+        return Ok(Some(Reply::Music {
             title: field(&["title"]),
             description: field(&["description", "desc"]),
             music_url: field(&["music_url", "musicurl"]),
             hq_music_url: field(&["hq_music_url", "hqmusicurl"]),
             thumb_media_id,
-        });
+        }));
     }
     let Some(Value::Array(items)) = inner.get("articles") else {
         return Err("news answer without an \"articles\" array".to_string());
@@ -585,17 +555,17 @@ fn rich(kind: &str, obj: &Map<String, Value>) -> Result<OwnedReply, String> {
                 .unwrap_or("")
                 .to_string()
         };
-        articles.push([
-            get(&["title"]),
-            get(&["description", "desc"]),
-            get(&["pic_url", "picurl"]),
-            get(&["url"]),
-        ]);
+        articles.push(Article {
+            title: get(&["title"]),
+            description: get(&["description", "desc"]),
+            pic_url: get(&["pic_url", "picurl"]),
+            url: get(&["url"]),
+        });
     }
     if articles.is_empty() {
         return Err("news answer with no articles".to_string());
     }
-    Ok(OwnedReply::News(articles))
+    Ok(Some(Reply::News { articles }))
 }
 
 #[cfg(test)]
@@ -765,28 +735,19 @@ mod tests {
     }
 
     fn text(s: &str) -> Result<OwnedReply, String> {
-        Ok(OwnedReply::Text(s.into()))
+        Ok(Some(Reply::Text { content: s.into() }))
     }
 
     #[test]
     fn answers_as_the_gateway_reads_them() {
         assert_eq!(interpret(200, br#"{"msg":"hello"}"#), text("hello"));
         assert_eq!(interpret(200, br#"{"type":"text","msg":"hi"}"#), text("hi"));
-        assert_eq!(
-            interpret(200, br#"{"type":"success"}"#),
-            Ok(OwnedReply::None)
-        );
-        assert_eq!(
-            interpret(200, br#"{"type":"success","msg":"x"}"#),
-            Ok(OwnedReply::None)
-        );
-        assert_eq!(
-            interpret(200, br#"{"type":"text","msg":""}"#),
-            Ok(OwnedReply::None)
-        );
-        assert_eq!(interpret(200, br#"{"msg":""}"#), Ok(OwnedReply::None));
-        assert_eq!(interpret(200, br#"{"type":"none"}"#), Ok(OwnedReply::None));
-        assert_eq!(interpret(200, b" \n"), Ok(OwnedReply::None));
+        assert_eq!(interpret(200, br#"{"type":"success"}"#), Ok(None));
+        assert_eq!(interpret(200, br#"{"type":"success","msg":"x"}"#), Ok(None));
+        assert_eq!(interpret(200, br#"{"type":"text","msg":""}"#), Ok(None));
+        assert_eq!(interpret(200, br#"{"msg":""}"#), Ok(None));
+        assert_eq!(interpret(200, br#"{"type":"none"}"#), Ok(None));
+        assert_eq!(interpret(200, b" \n"), Ok(None));
         assert_eq!(
             interpret(500, br#"{"type":"text","msg":"from 500"}"#),
             text("from 500")
@@ -794,27 +755,31 @@ mod tests {
         assert_eq!(interpret(200, b"{\"msg\":\"a\"} trailing"), text("a"));
         assert_eq!(
             interpret(200, br#"{"type":"video","msg":"M","title":"T","desc":"D"}"#),
-            Ok(OwnedReply::Video {
+            Ok(Some(Reply::Video {
                 media_id: "M".into(),
                 title: "T".into(),
                 description: "D".into()
-            })
+            }))
         );
         assert_eq!(
             interpret(200, br#"{"type":"image","msg":"MEDIA"}"#),
-            Ok(OwnedReply::Image("MEDIA".into()))
+            Ok(Some(Reply::Image {
+                media_id: "MEDIA".into()
+            }))
         );
         assert_eq!(
             interpret(
                 200,
                 br#"{"type":"news","articles":[{"title":"t","picurl":"p","url":"u"}]}"#
             ),
-            Ok(OwnedReply::News(vec![[
-                "t".into(),
-                String::new(),
-                "p".into(),
-                "u".into()
-            ]]))
+            Ok(Some(Reply::News {
+                articles: vec![Article {
+                    title: "t".into(),
+                    description: String::new(),
+                    pic_url: "p".into(),
+                    url: "u".into()
+                }]
+            }))
         );
         for failure in [
             &br#"{"type":"bogus","msg":"x"}"#[..],

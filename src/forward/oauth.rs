@@ -20,8 +20,8 @@
 //! Every header passed back is checked by [`headers::check_response_header`]; a refused one
 //! is dropped and logged. Failures answer 502 and log one line (never the AppSecret).
 
-use super::{backend, headers, userinfo};
-use crate::fastcgi::Response;
+use super::{Answer, backend, headers, userinfo};
+use crate::query::encode;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -102,21 +102,23 @@ pub struct Page {
 }
 
 impl Page {
-    pub fn write(&self, response: &mut Response) {
-        response.set_status(self.status);
-        match self.content_type.as_deref() {
-            Some(HTML) => response.set_content_type(HTML),
-            Some(other) => {
-                response.set_content_type("");
-                response.add_header("Content-Type", other);
+    /// The answer for the transport: a dynamic Content-Type travels as a header line.
+    pub fn into_answer(self) -> Answer {
+        let mut headers = self.headers;
+        let content_type = match self.content_type {
+            Some(ct) if ct == HTML => HTML,
+            Some(ct) => {
+                headers.insert(0, ("Content-Type".to_string(), ct));
+                ""
             }
-            None => response.set_content_type(""),
+            None => "",
+        };
+        Answer {
+            status: self.status,
+            content_type,
+            headers,
+            body: self.body,
         }
-        for (name, value) in &self.headers {
-            response.add_header(name, value);
-        }
-        response.body.clear();
-        response.body.extend_from_slice(&self.body);
     }
 
     /// A short word for the log line.
@@ -415,19 +417,6 @@ fn refused_header(account: &str, from: &str, name: &str, reason: &str) {
         "oauth account={account} header dropped from={from} name=\"{}\" reason=\"{reason}\"",
         name.escape_debug()
     );
-}
-
-/// Percent-encodes a query value.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
