@@ -150,4 +150,13 @@ mod tests {
         r.plain(202, "later");
         assert!(cgi(&r).starts_with("Status: 202 Status\r\nContent-Type: text/plain"));
     }
+
+    #[test]
+    fn empty_content_type_sends_none() {
+        let mut r = Response::new();
+        r.set_status(302);
+        r.set_content_type("");
+        r.add_header("Location", "http://x/");
+        assert_eq!(cgi(&r), "Status: 302 Found\r\nLocation: http://x/\r\n\r\n");
+    }
 }
