@@ -112,8 +112,11 @@ verify() { # verify LABEL: systemd-analyze verify both units in $ROOT; any outpu
     if ! command -v man >/dev/null || ! man -w 5 systemd.exec >/dev/null 2>&1; then
         man=(--man=no)
     fi
-    out=$(systemd-analyze verify "${man[@]}" --root="$ROOT" \
-        "$UNITDIR/weixin-fcgi.socket" "$UNITDIR/weixin-fcgi.service" 2>&1) || rc=$?
+    # Documentation=man:weixin-fcgi(8) is the repository's man page, as the package installs it.
+    mkdir -p "$SCRATCH/man/man8"
+    cp "$REPO/man/weixin-fcgi.8" "$SCRATCH/man/man8/"
+    out=$(MANPATH="$SCRATCH/man:$(manpath 2>/dev/null || true)" systemd-analyze verify "${man[@]}" \
+        --root="$ROOT" "$UNITDIR/weixin-fcgi.socket" "$UNITDIR/weixin-fcgi.service" 2>&1) || rc=$?
     if [ "$rc" -eq 0 ] && [ -z "$out" ]; then
         pass verify "$1: clean ${man[*]:+(man pages not checked: none installed) }$BINARY_NOTE"
     else

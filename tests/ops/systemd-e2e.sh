@@ -132,9 +132,9 @@ trap cleanup EXIT
 mkdir -p "$RUN/root"
 cp -a --reflink=auto "$BASE/." "$RUN/root/"
 echo "$MACHINE" > "$RUN/root/etc/hostname"
-mkdir -p "$RUN/root/root/e2e"
+mkdir -p "$RUN/root/root/e2e/upgrade"
 cp "$DEB" "$RUN/root/root/e2e/weixin-fcgi_${VERSION}_amd64.deb"
-cp "$DEB2" "$RUN/root/root/e2e/weixin-fcgi_${VERSION2}_amd64.deb"
+cp "$DEB2" "$RUN/root/root/e2e/upgrade/weixin-fcgi_${VERSION2}_amd64.deb"
 
 # The flags: no machined on the host to register with (--register=no) nor a unit of our own
 # (--keep-unit); CAP_BPF and the bpf() syscall for the unit's IPAddressDeny= filter; a private
@@ -263,8 +263,8 @@ under_load() {
 }
 
 # --- 1. install: what README.md says ------------------------------------------------------------
-out=$(ct env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "/root/e2e/weixin-fcgi_${VERSION}_amd64.deb" 2>&1) ||
-    { fail package "apt-get install ./weixin-fcgi_${VERSION}_amd64.deb failed:"; printf '%s\n' "$out" | tail -15 | indent; }
+out=$(ct env DEBIAN_FRONTEND=noninteractive sh -c 'cd /root/e2e && apt install -y -q ./weixin-fcgi_*.deb' 2>&1) ||
+    { fail package "apt install ./weixin-fcgi_*.deb failed:"; printf '%s\n' "$out" | tail -15 | indent; }
 modes=$(ct stat -c '%a %U:%G' /etc/weixin-fcgi "$CONFIG" | tr '\n' ' ')
 if [ "$(ct systemctl is-enabled weixin-fcgi.socket)" = enabled ] &&
     [ "$(ct systemctl is-active weixin-fcgi.socket)" = active ] &&
@@ -272,13 +272,15 @@ if [ "$(ct systemctl is-enabled weixin-fcgi.socket)" = enabled ] &&
     [ "$modes" = "750 root:weixin-fcgi-conf 640 root:weixin-fcgi-conf " ] &&
     ct test -f /usr/share/man/man8/weixin-fcgi.8.gz && ct test -f /etc/nginx/snippets/weixin.conf &&
     ct test -f /etc/nginx/conf.d/weixin-upstream.conf; then
-    pass package "apt install ./weixin-fcgi_${VERSION}_amd64.deb: socket enabled+listening, service idle, config $modes"
+    pass package "apt install ./weixin-fcgi_*.deb ($VERSION): socket enabled+listening, service idle, config $modes"
 else
     fail package "after install: socket $(ct systemctl is-enabled weixin-fcgi.socket)/$(ct systemctl is-active weixin-fcgi.socket), service $(ct systemctl is-active weixin-fcgi.service), config $modes"
 fi
 
+# README.md step 2: edit the config, check it.
 write_config "You said:"
-# The one line README.md adds to the server {} block, then nginx -t and a reload.
+ct weixin-fcgi check --config "$CONFIG" > /dev/null
+# Step 3: the one line README.md adds to the server {} block, then nginx -t and a reload.
 ct sed -i 's|^\(\s*server_name _;\)|\1\n\tinclude snippets/weixin.conf;|' /etc/nginx/sites-enabled/default
 ct nginx -t -q && ct systemctl reload nginx
 
@@ -294,7 +296,8 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 after=$(ct systemctl is-active weixin-fcgi.service || true)
-out=$(send verify)
+# Step 4, as README.md gives it.
+out=$(ct weixin-fcgi send --config "$CONFIG" --to http://127.0.0.1/ verify 2>&1 || true)
 if [ "$before" = inactive ] && [ "$code" = 403 ] && [ "$after" = active ] && [[ $out == *"verify ok"* ]] &&
     [ "$(prop weixin-fcgi.service Type)" = notify ]; then
     pass activation "first request started the service (Type=notify: active only after READY=1): $before -> $after; signed verify ok"
@@ -462,7 +465,7 @@ fi
 send --plain text warm >/dev/null
 pid=$(main_pid)
 upgrade() {
-    ct env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "/root/e2e/weixin-fcgi_${VERSION2}_amd64.deb" \
+    ct env DEBIAN_FRONTEND=noninteractive sh -c 'cd /root/e2e/upgrade && apt install -y -q ./weixin-fcgi_*.deb' \
         > "$RUN/upgrade.log" 2>&1 || { fail upgrade "apt-get install of $VERSION2 failed:"; tail -10 "$RUN/upgrade.log" | indent; }
 }
 under_load upgrade upgrade
