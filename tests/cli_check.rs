@@ -191,7 +191,11 @@ fn quiet_prints_only_errors_and_warnings() {
     assert!(stdout(&o).is_empty(), "no summary: {}", stdout(&o));
     let warnings: Vec<String> = stderr(&o).lines().map(str::to_string).collect();
     assert_eq!(warnings.len(), 3, "{warnings:?}");
-    assert!(warnings.iter().all(|w| w.starts_with(&format!("{f}:")) && w.contains(": warning: ")));
+    assert!(
+        warnings
+            .iter()
+            .all(|w| w.starts_with(&format!("{f}:")) && w.contains(": warning: "))
+    );
 
     let f = fixture("unknown-key.toml");
     let o = check(&["--quiet", "--config", &f]);

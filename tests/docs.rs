@@ -116,7 +116,15 @@ fn config_keys() -> BTreeSet<String> {
 #[test]
 fn readme_config_keys_are_extracted() {
     let keys = config_keys();
-    for k in ["listen", "workers", "idle_exit", "path", "token", "aes_key", "msg_type"] {
+    for k in [
+        "listen",
+        "workers",
+        "idle_exit",
+        "path",
+        "token",
+        "aes_key",
+        "msg_type",
+    ] {
         assert!(keys.contains(k), "{k} not found in {keys:?}");
     }
     for k in ["media_id", "articles", "command", "forward", "exec"] {
@@ -131,7 +139,8 @@ fn missing_keys(doc: &str) -> Vec<String> {
             !doc.match_indices(k.as_str()).any(|(i, _)| {
                 let before = doc[..i].chars().next_back();
                 let after = doc[i + k.len()..].chars().next();
-                let word = |c: Option<char>| matches!(c, Some(c) if c.is_ascii_alphanumeric() || c == '_');
+                let word =
+                    |c: Option<char>| matches!(c, Some(c) if c.is_ascii_alphanumeric() || c == '_');
                 !word(before) && !word(after)
             })
         })
