@@ -451,6 +451,14 @@ else
     fail journal "secrets in the journal:"
     printf '%s\n' "$leaks" | head -5 | indent
 fi
+# ExecStartPre= runs `check --quiet`: dozens of starts so far, and not one summary in the journal.
+starts=$(printf '%s\n' "$journal" | grep -c '^weixin-fcgi .* serving on ' || true)
+summaries=$(printf '%s\n' "$journal" | grep -c '^OK: /etc/weixin-fcgi/weixin-fcgi.toml\|^account e2e: path' || true)
+if [ "$starts" -gt 10 ] && [ "$summaries" -eq 0 ]; then
+    pass journal "$starts starts, each after \`check --quiet\`: no rule list in the journal"
+else
+    fail journal "$starts starts, $summaries check summaries in the journal"
+fi
 
 # --- 10. sandbox score ------------------------------------------------------------------------
 level=$(ct systemd-analyze security weixin-fcgi.service 2>/dev/null |
