@@ -54,7 +54,7 @@ fn options(help: &str) -> BTreeSet<String> {
 }
 
 /// The subcommands whose `--help` is checked (each lists OPTIONS).
-const COMMANDS: &[&[&str]] = &[&[], &["check"], &["send"]];
+const COMMANDS: &[&[&str]] = &[&[], &["check"], &["send"], &["status"]];
 
 #[test]
 fn every_help_option_is_in_the_man_page() {

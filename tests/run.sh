@@ -2,8 +2,9 @@
 # The whole test suite, as README.md gives it and .ci/run calls it, on a fresh Debian/Ubuntu
 # machine: installs the system packages the tests use (real nginx, cgi-fcgi from libfcgi-bin,
 # systemd-socket-activate and systemd-analyze, Python's cryptography for independent safe-mode
-# checks), then runs format and lint checks, every unit and integration test, the
-# unit-file / nginx-snippet checks, and the Debian package in a booted Debian 12
+# checks, prometheus_client to parse the OpenMetrics status page), then runs format and lint
+# checks, every unit and integration test, the unit-file / nginx-snippet checks, and the
+# Debian package in a booted Debian 12
 # (tests/ops/systemd-e2e.sh: builds the .deb with cargo-deb, installs cargo-deb, debootstrap and
 # systemd-nspawn when missing; about 3 minutes, plus 2 the first time for the cached root).
 set -euo pipefail
@@ -15,6 +16,7 @@ command -v cgi-fcgi >/dev/null 2>&1 || need+=(libfcgi-bin)
 command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 /usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1 || need+=(python3 python3-cryptography)
+/usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need+=(python3-prometheus-client)
 if [ ${#need[@]} -gt 0 ]; then
     echo "== installing: ${need[*]}"
     if [ "$(id -u)" -ne 0 ]; then

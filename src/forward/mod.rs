@@ -30,6 +30,7 @@ pub mod userinfo;
 
 use crate::config::ForwardSettings;
 use crate::rules::{Forward, Target};
+use crate::status::{self, Metrics};
 use crate::wechat::crypto::AesKey;
 use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Envelope, Limits, Reply};
@@ -219,12 +220,15 @@ pub struct Forwarder {
     sender: OnceLock<SyncSender<Task>>,
     /// `userInfo` lookups (access tokens and user infos in a byte-bounded store).
     user_info: Arc<userinfo::UserInfo>,
+    /// Forward results and retry-table hits, for the status page.
+    metrics: Arc<Metrics>,
 }
 
 impl Forwarder {
-    pub fn new(settings: ForwardSettings) -> Forwarder {
+    pub fn new(settings: ForwardSettings, metrics: Arc<Metrics>) -> Forwarder {
         Forwarder {
             settings,
+            metrics,
             busy: Arc::new(AtomicUsize::new(0)),
             dedup: Arc::new(Table::new(
                 Duration::from_secs(settings.dedup_seconds),
@@ -235,6 +239,12 @@ impl Forwarder {
                 crate::state::MemoryStore::new(userinfo::STORE_BUDGET),
             ))),
         }
+    }
+
+    /// Entries of the retry table and the bytes they hold (see [`Table::usage`]).
+    pub fn retry_table_usage(&self) -> (usize, usize) {
+        self.dedup
+            .usage(|answer| answer.as_ref().as_ref().map_or(0, Vec::len))
     }
 
     /// Whether jobs should carry a de-duplication key.
@@ -261,6 +271,7 @@ impl Forwarder {
         let waiter = match &job.key {
             Some(key) => match self.dedup.begin(key, waiter, acquire, Instant::now()) {
                 Begin::Done(answer, waiter) => {
+                    self.metrics.retry_hit();
                     crate::log_info!(
                         "forward account={} rule={} result=duplicate-answered",
                         job.account,
@@ -270,6 +281,7 @@ impl Forwarder {
                     return;
                 }
                 Begin::Parked => {
+                    self.metrics.retry_hit();
                     crate::log_info!(
                         "forward account={} rule={} result=duplicate-waiting",
                         job.account,
@@ -277,11 +289,11 @@ impl Forwarder {
                     );
                     return;
                 }
-                Begin::Refused(waiter) => return busy(job, waiter),
+                Begin::Refused(waiter) => return busy(job, waiter, &self.metrics),
                 Begin::New(waiter) => waiter,
             },
             None if acquire() => waiter,
-            None => return busy(job, waiter),
+            None => return busy(job, waiter, &self.metrics),
         };
         let sender = self.sender.get_or_init(|| self.spawn());
         if let Err(e) = sender.try_send(Task::Message {
@@ -296,6 +308,7 @@ impl Forwarder {
             };
             let job = *job;
             self.busy.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.forward(status::Forward::Fallback);
             crate::log_warn!(
                 "forward account={} rule={} result=fallback reason=\"forward queue full\"",
                 job.account,
@@ -342,9 +355,10 @@ impl Forwarder {
             let busy = Arc::clone(&self.busy);
             let dedup = Arc::clone(&self.dedup);
             let user_info = Arc::clone(&self.user_info);
+            let metrics = Arc::clone(&self.metrics);
             let spawned = std::thread::Builder::new()
                 .name(format!("forward-{i}"))
-                .spawn(move || forward_thread(&rx, &busy, &dedup, &user_info));
+                .spawn(move || forward_thread(&rx, &busy, &dedup, &user_info, &metrics));
             if let Err(e) = spawned {
                 crate::log_error!("cannot start forward thread {i}: {e}");
             }
@@ -354,7 +368,8 @@ impl Forwarder {
 }
 
 /// No slot free (or too many retries parked): the fallback at once, not stored.
-fn busy(job: Job, waiter: Waiter) {
+fn busy(job: Job, waiter: Waiter, metrics: &Metrics) {
+    metrics.forward(status::Forward::Fallback);
     crate::log_warn!(
         "forward account={} rule={} result=fallback reason=\"all forward slots busy\"",
         job.account,
@@ -368,6 +383,7 @@ fn forward_thread(
     busy: &AtomicUsize,
     dedup: &Table<Waiter, Shared>,
     user_info: &userinfo::UserInfo,
+    metrics: &Metrics,
 ) {
     loop {
         let task = {
@@ -387,6 +403,10 @@ fn forward_thread(
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job, user_info)));
         let ms = started.elapsed().as_millis();
+        metrics.forward(match result {
+            Ok(Ok(_)) => status::Forward::Ok,
+            _ => status::Forward::Fallback,
+        });
         let answer: Shared = match result {
             Ok(Ok(reply)) => {
                 crate::log_info!(
