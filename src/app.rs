@@ -135,7 +135,9 @@ impl Handler for App {
     fn handle(&self, request: &Request<'_>, response: &mut Response) -> Outcome {
         let started = Instant::now();
         let config = self.config();
-        if config.status_path.is_some() && config.status_path.as_deref() == Some(path(request)) {
+        // Looked up once: the param search is a good part of a request's cost.
+        let path = path(request);
+        if config.status_path.as_deref() == Some(path) {
             self.status_page(&config, request, response);
             return Outcome::Done;
         }
@@ -143,7 +145,7 @@ impl Handler for App {
             mode: "plain",
             ..Outcomes::default()
         };
-        let result = serve(&config, request, response, &mut log);
+        let result = serve(&config, path, request, response, &mut log);
         let micros = started.elapsed().as_micros();
         match log.counters {
             Some(counters) => counters.count(response.status()),
@@ -226,11 +228,11 @@ fn path<'r>(request: &'r Request<'_>) -> &'r str {
 /// Fills `response`; `Err` carries the reason of a refusal (already set as the response).
 fn serve<'c>(
     config: &'c Config,
+    path: &str,
     request: &Request<'_>,
     response: &mut Response,
     log: &mut Outcomes<'c>,
 ) -> Result<(), &'static str> {
-    let path = path(request);
     let Some(account) = config.account_for_path(path) else {
         if let Some(account) =
             (config.accounts.iter()).find(|a| a.redirect_path.as_deref() == Some(path))
