@@ -184,6 +184,7 @@ APP_SECRET=e2eAppSecret5d1b7c
 write_config() { # write_config REPLY_PREFIX [EXTRA_GLOBAL_LINE]
     ct sh -c "cat > $CONFIG" <<EOF
 # written by tests/ops/systemd-e2e.sh, as a user edits the packaged file
+status_path = "/weixin-status"
 ${2:-}
 [[account]]
 name = "e2e"
@@ -280,6 +281,8 @@ fi
 # README.md step 2: edit the config, check it.
 write_config "You said:"
 ct weixin-fcgi check --config "$CONFIG" > /dev/null
+# The status page's location, uncommented as README.md says.
+ct sed -i '/^#location = \/weixin-status {/,/^#}/s/^#//' /etc/nginx/snippets/weixin.conf
 # Step 3: the one line README.md adds to the server {} block, then nginx -t and a reload.
 ct sed -i 's|^\(\s*server_name _;\)|\1\n\tinclude snippets/weixin.conf;|' /etc/nginx/sites-enabled/default
 ct nginx -t -q && ct systemctl reload nginx
@@ -383,6 +386,20 @@ if check_load rss 10000; then
     pass rss "10,000 requests through nginx in $(python3 -c "print(round($t1 - $t0, 1))") s; packaged service VmRSS/VmHWM/RssAnon: $rss"
 else
     fail rss "10,000 requests: not all answered"
+fi
+
+# --- 6b. the status page after those 10,000 requests ------------------------------------------
+page=$(ct weixin-fcgi status 2>&1 || true)
+om=$(ct curl -s 'http://127.0.0.1/weixin-status?openmetrics' || true)
+denied=$(ct curl -s -o /dev/null -w '%{http_code}' --interface 127.0.0.2 http://127.0.0.1/weixin-status || true)
+if [[ $page == *$'\nrequests e2e: 200 10000\n'* ]] &&
+    [[ $om == *'weixin_fcgi_requests_total{account="e2e",status="200"} 10000'$'\n'* ]] &&
+    [[ $om == *$'\n# EOF\n' || $om == *$'\n# EOF' ]] && [ "$denied" = 403 ]; then
+    pass status "weixin-fcgi status (socket) and /weixin-status?openmetrics (nginx) count the 10,000 requests; 127.0.0.2 gets $denied"
+    printf '%s\n' "$page" | indent
+else
+    fail status "status page after 10,000 requests (from 127.0.0.2: $denied):"
+    printf '%s\n' "$page" | indent
 fi
 
 # --- 7. a broken config with a restart gives up at the start limit ------------------------------
