@@ -436,8 +436,10 @@ else
 fi
 
 # --- 8. idle exit and re-activation ---------------------------------------------------------
+# idle_exit applies at a reload (no restart needed).
+send --plain text before-idle >/dev/null
 write_config "You said:" "idle_exit = 2"
-ct systemctl restart weixin-fcgi
+ct systemctl reload weixin-fcgi
 send --plain text idle >/dev/null
 pid=$(main_pid)
 state=
@@ -450,7 +452,7 @@ sock=$(ct systemctl is-active weixin-fcgi.socket)
 out=$(send --plain text again)
 if [ "$state" = inactive ] && [ "$sock" = active ] && [[ $out == *"Content You said: again"* ]] &&
     [ "$(main_pid)" != "$pid" ] && journal_has 'idle for 2s: exiting'; then
-    pass idle "idle_exit = 2: process $pid exited, socket stayed active, the next request started $(main_pid)"
+    pass idle "idle_exit = 2 set by a reload: process $pid exited, socket stayed active, the next request started $(main_pid)"
 else
     fail idle "service after idle: '$state', socket '$sock', next request:"
     printf '%s\n' "$out" | indent
