@@ -6,20 +6,18 @@
 //! The transport answers 413 for bodies over `max_body` before this runs.
 
 use crate::config::{Account, Config};
-use crate::fastcgi::{Handler, Outcome, Request, Response};
+use crate::fastcgi::{Handler, Outcome, Pending, Request, Response, ServerHandle};
 use crate::forward::{self, Forwarder};
 use crate::query;
 use crate::rules::{self, Action};
+use crate::status::{self, AccountCounters, Format, Metrics, Snapshot};
 use crate::wechat::crypto::{self, AesKey};
 use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Envelope, Limits};
-use crate::wechat::signature;
+use crate::wechat::{Sealer, TEXT, XML, signature, unix_time};
 use std::cell::RefCell;
-use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
-const XML: &str = "application/xml; charset=utf-8";
-const TEXT: &str = "text/plain; charset=utf-8";
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
 
 /// The WeChat callback application. The config can be swapped atomically (SIGHUP): each
 /// request takes one snapshot and uses it throughout.
@@ -30,6 +28,12 @@ pub struct App {
     /// State beyond one request: this process's memory, or Redis (`shared_state`, fixed at
     /// start) shared with other instances.
     state: Arc<dyn crate::state::Store>,
+    /// Counters for the status page (`status_path`).
+    metrics: Arc<Metrics>,
+    /// Unix time of the start, for the status page.
+    start_time: u64,
+    /// The transport's counters (connections), once the server runs.
+    server: OnceLock<ServerHandle>,
 }
 
 /// Per-worker scratch space, reused across requests.
@@ -51,6 +55,10 @@ thread_local! {
 #[derive(Default)]
 struct Outcomes<'a> {
     account: &'a str,
+    /// The account's request counters; `None` for a request no account answers.
+    counters: Option<&'a AccountCounters>,
+    /// Refused as a possible replay (timestamp outside the window).
+    replay: bool,
     kind: Short,
     event: Short,
     rule: &'a str,
@@ -66,14 +74,24 @@ struct Outcomes<'a> {
 impl App {
     pub fn new(config: Config) -> App {
         let (state, shared) = crate::state::shared::open(config.shared_state.as_deref());
+        let metrics = Arc::new(Metrics::default());
         App {
             forwarder: Arc::new(Forwarder::new(
                 config.forward,
+                Arc::clone(&metrics),
                 shared.then(|| Arc::clone(&state)),
             )),
             state,
             config: RwLock::new(Arc::new(config)),
+            metrics,
+            start_time: unix_time(),
+            server: OnceLock::new(),
         }
+    }
+
+    /// Gives the status page the running server's connection counters.
+    pub fn attach_server(&self, server: ServerHandle) {
+        let _ = self.server.set(server);
     }
 
     /// The config in force.
@@ -86,9 +104,44 @@ impl App {
         Arc::clone(&self.state)
     }
 
-    /// Replaces the config; requests already running keep the one they started with.
-    pub fn replace(&self, config: Config) {
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    /// Replaces the config; requests already running keep the one they started with. The
+    /// request counters of accounts that keep their name carry over.
+    pub fn replace(&self, mut config: Config) {
+        let mut current = self.config.write().unwrap_or_else(|p| p.into_inner());
+        config.keep_counters(&current);
+        *current = Arc::new(config);
+    }
+
+    /// The status page: plain text, `?json` or `?openmetrics`. GET (and HEAD) only; no
+    /// signature (nginx's location lets only 127.0.0.1 in); not counted as a request.
+    fn status_page(&self, config: &Config, request: &Request<'_>, response: &mut Response) {
+        if !matches!(
+            request.param("REQUEST_METHOD").unwrap_or(b""),
+            b"GET" | b"HEAD"
+        ) {
+            response.plain(405, "method not allowed (GET only)\n");
+            return;
+        }
+        let format = Format::from_query(request.param("QUERY_STRING").unwrap_or(b""));
+        let accounts = (config.accounts.iter()).map(|a| (a.name.as_str(), &*a.counters));
+        let mut snapshot = Snapshot::read(&self.metrics, accounts);
+        snapshot.version = env!("CARGO_PKG_VERSION");
+        snapshot.start_time = self.start_time;
+        snapshot.now = unix_time();
+        snapshot.resident_bytes = status::resident_bytes();
+        if let Some(server) = self.server.get() {
+            let stats = server.stats();
+            snapshot.open_conns = stats.open_conns as u64;
+            snapshot.max_conns = stats.max_conns as u64;
+            snapshot.max_conns_reached = stats.max_conns_reached;
+            snapshot.in_flight = stats.in_flight as u64;
+        }
+        let (entries, bytes) = self.forwarder.retry_table_usage();
+        (snapshot.retry_entries, snapshot.retry_bytes) = (entries as u64, bytes as u64);
+        let mut text = String::new();
+        status::render(&snapshot, format, &mut text);
+        response.set_content_type(format.content_type());
+        response.body.extend_from_slice(text.as_bytes());
     }
 }
 
@@ -96,12 +149,34 @@ impl Handler for App {
     fn handle(&self, request: &Request<'_>, response: &mut Response) -> Outcome {
         let started = Instant::now();
         let config = self.config();
+        // Looked up once: the param search is a good part of a request's cost.
+        let path = path(request);
+        if config.status_path.as_deref() == Some(path) {
+            self.status_page(&config, request, response);
+            return Outcome::Done;
+        }
         let mut log = Outcomes {
             mode: "plain",
             ..Outcomes::default()
         };
-        let result = serve(&config, request, response, &mut log);
+        let result = serve(&config, path, request, response, &mut log);
         let micros = started.elapsed().as_micros();
+        match log.counters {
+            Some(counters) => counters.count(response.status()),
+            None => self.metrics.unrouted.count(response.status()),
+        }
+        let reply = match (&result, log.outcome) {
+            (Err(_), _) => status::Reply::Refused,
+            (Ok(()), "reply") => status::Reply::Reply,
+            (Ok(()), "echo") => status::Reply::Verify,
+            (Ok(()), "forward") => status::Reply::Forward,
+            (Ok(()), "oauth") => status::Reply::OAuth,
+            (Ok(()), _) => status::Reply::Success,
+        };
+        self.metrics.request(reply, micros as u64);
+        if log.replay {
+            self.metrics.replay_reject();
+        }
         match result {
             Ok(()) => crate::log_info!(
                 "request account={} mode={} type={} event={} rule={} outcome={} status={} user={:08x} us={}",
@@ -125,43 +200,65 @@ impl Handler for App {
         }
         let forwarder = Arc::clone(&self.forwarder);
         match (log.deferred.take(), log.oauth.take()) {
-            (Some(job), _) => {
-                Outcome::Later(Box::new(move |pending| forwarder.submit(*job, pending)))
-            }
+            (Some(job), _) => Outcome::Later(Box::new(move |pending| {
+                forwarder.submit(*job, completion(pending))
+            })),
             (None, Some(job)) => Outcome::Later(Box::new(move |pending| {
-                forwarder.submit_oauth(*job, pending)
+                forwarder.submit_oauth(job, completion(pending))
             })),
             (None, None) => Outcome::Done,
         }
     }
 }
 
+/// Sends a forwarded request's answer on its deferred FastCGI request. Dropped unanswered, the
+/// `Pending` answers 500 itself.
+fn completion(pending: Pending) -> forward::Complete {
+    Box::new(move |answer: forward::Answer| {
+        pending.finish(|response| {
+            response.set_status(answer.status);
+            response.set_content_type(answer.content_type);
+            for (name, value) in &answer.headers {
+                response.add_header(name, value);
+            }
+            response.body = answer.body;
+        })
+    })
+}
+
 fn or_dash(s: &str) -> &str {
     if s.is_empty() { "-" } else { s }
+}
+
+/// The request path: `DOCUMENT_URI` (nginx), else `SCRIPT_NAME`.
+fn path<'r>(request: &'r Request<'_>) -> &'r str {
+    request
+        .param_str("DOCUMENT_URI")
+        .filter(|p| !p.is_empty())
+        .or_else(|| request.param_str("SCRIPT_NAME"))
+        .unwrap_or("")
 }
 
 /// Fills `response`; `Err` carries the reason of a refusal (already set as the response).
 fn serve<'c>(
     config: &'c Config,
+    path: &str,
     request: &Request<'_>,
     response: &mut Response,
     log: &mut Outcomes<'c>,
 ) -> Result<(), &'static str> {
-    let path = request
-        .param_str("DOCUMENT_URI")
-        .filter(|p| !p.is_empty())
-        .or_else(|| request.param_str("SCRIPT_NAME"))
-        .unwrap_or("");
     let Some(account) = config.account_for_path(path) else {
         if let Some(account) =
             (config.accounts.iter()).find(|a| a.redirect_path.as_deref() == Some(path))
         {
             log.account = &account.name;
+            log.counters = Some(&account.counters);
             return oauth_redirect(config, account, request, response, log);
         }
         return refuse(response, 404, "no account at this path");
     };
     log.account = &account.name;
+    log.counters = Some(&account.counters);
     let query = request.param("QUERY_STRING").unwrap_or(b"");
     let timestamp = query::get(query, "timestamp").unwrap_or_default();
     let nonce = query::get(query, "nonce").unwrap_or_default();
@@ -187,6 +284,7 @@ fn serve<'c>(
                 return refuse(response, 403, "signature mismatch");
             }
             if !timestamp_fresh(&timestamp, config.timestamp_window) {
+                log.replay = true;
                 return refuse(response, 403, "timestamp outside timestamp_window");
             }
             let encrypted = query::get(query, "encrypt_type").as_deref() == Some(b"aes");
@@ -232,36 +330,85 @@ fn oauth_redirect<'c>(
     let Some(code) = text("code").filter(|c| !c.is_empty()) else {
         return refuse(response, 400, "OAuth redirect without code");
     };
-    let (Some(app_id), Some(secret), Some(handler)) =
-        (&account.app_id, &account.app_secret, &account.menu_handler)
-    else {
+    let (Some(app_id), Some(secret)) = (&account.app_id, &account.app_secret) else {
         return refuse(response, 404, "menu OAuth not configured");
+    };
+    let target = match (&account.menu_handler, &account.redirect_url) {
+        (Some(handler), _) => forward::oauth::Target::MenuHandler(handler.clone()),
+        (None, Some(url)) => forward::oauth::Target::RedirectUrl(url.clone()),
+        (None, None) => return refuse(response, 404, "menu OAuth not configured"),
     };
     log.oauth = Some(Box::new(forward::oauth::OAuthJob {
         account: account.name.clone(),
         api_base: config.oauth_api_base.clone(),
         app_id: app_id.clone(),
         app_secret: secret.expose().to_string(),
-        menu_handler: handler.clone(),
+        target,
         code,
         state: text("state").unwrap_or_default(),
+        browser: browser(request),
+        user_info: user_info_credentials(config, account),
     }));
     log.outcome = "oauth";
     Ok(())
+}
+
+/// The account's API credentials when it has `user_info = true`.
+fn user_info_credentials(
+    config: &Config,
+    account: &Account,
+) -> Option<forward::userinfo::Credentials> {
+    let (true, Some(app_id), Some(secret)) =
+        (account.user_info, &account.app_id, &account.app_secret)
+    else {
+        return None;
+    };
+    Some(forward::userinfo::Credentials {
+        api_base: config.oauth_api_base.clone(),
+        account: account.name.clone(),
+        app_id: app_id.clone(),
+        app_secret: secret.expose().to_string(),
+    })
+}
+
+/// What the browser sent, bounded: request headers from the `HTTP_*` parameters.
+fn browser(request: &Request<'_>) -> forward::oauth::Browser {
+    use forward::oauth::{MAX_BROWSER_HEADER_BYTES, MAX_BROWSER_HEADERS};
+    let lossy = |name: &str| {
+        request
+            .param(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    let mut headers = Vec::new();
+    let mut bytes = 0;
+    for (name, value) in request.params() {
+        let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
+            continue;
+        };
+        let Some(header) = forward::headers::from_cgi_name(name) else {
+            continue;
+        };
+        bytes += header.len() + value.len();
+        if headers.len() >= MAX_BROWSER_HEADERS || bytes > MAX_BROWSER_HEADER_BYTES {
+            break;
+        }
+        headers.push((header, value.to_string()));
+    }
+    forward::oauth::Browser {
+        request_uri: lossy("REQUEST_URI"),
+        headers,
+        remote_addr: lossy("REMOTE_ADDR"),
+        https: request
+            .param("HTTPS")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"on")),
+    }
 }
 
 fn refuse(response: &mut Response, status: u16, reason: &'static str) -> Result<(), &'static str> {
     response.plain(status, reason);
     response.body.push(b'\n');
     Err(reason)
-}
-
-/// Seconds since the epoch, for CreateTime and the timestamp window.
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn timestamp_fresh(timestamp: &[u8], window: u64) -> bool {
@@ -274,7 +421,7 @@ fn timestamp_fresh(timestamp: &[u8], window: u64) -> bool {
     else {
         return false;
     };
-    now().abs_diff(ts) <= window
+    unix_time().abs_diff(ts) <= window
 }
 
 fn post_plain<'c>(
@@ -385,47 +532,25 @@ fn post_encrypted<'c>(
     }
 }
 
-/// What encrypts a reply for one account (borrowed: nothing is copied per request).
-pub(crate) struct Sealer<'a> {
-    pub token: &'a [u8],
-    pub key: &'a AesKey,
-    pub app_id: &'a str,
-}
-
-/// Appends `reply_xml` to the response — encrypted when `seal` is given — or the literal
-/// `success` when there is no reply. Returns false (and answers 500) when the reply cannot be
-/// encrypted, which only happens when the OS gives no randomness. Used by template replies and
-/// by forwarded ones alike.
-pub(crate) fn write_reply(
+/// Fills `response` with `reply_xml` — encrypted when `seal` is given — or `success` when
+/// there is no reply. Returns false (and answers 500) when the reply cannot be encrypted,
+/// which only happens when the OS gives no randomness.
+fn write_reply(
     reply_xml: Option<&[u8]>,
     seal: Option<&Sealer<'_>>,
     response: &mut Response,
 ) -> bool {
-    let Some(xml) = reply_xml else {
-        finish(response, false);
-        return true;
-    };
-    match seal {
-        None => response.body.extend_from_slice(xml),
-        Some(s) => {
-            let now = now();
-            if let Err(e) = crypto::render_encrypted_reply(
-                s.token,
-                s.key,
-                s.app_id,
-                xml,
-                now,
-                &mut response.body,
-            ) {
-                crate::log_error!("cannot encrypt the reply (no OS randomness?): {e}");
-                response.body.clear();
-                response.plain(500, "cannot encrypt the reply\n");
-                return false;
-            }
+    match crate::wechat::write_answer(reply_xml, seal, &mut response.body) {
+        Ok(content_type) => {
+            response.set_content_type(content_type);
+            true
+        }
+        Err(e) => {
+            crate::log_error!("cannot encrypt the reply (no OS randomness?): {e}");
+            response.plain(500, "cannot encrypt the reply\n");
+            false
         }
     }
-    response.set_content_type(XML);
-    true
 }
 
 /// Sets the content type for a rendered reply, or the literal `success` for no reply.
@@ -451,7 +576,7 @@ fn answer<'c>(
     log.user = short_hash(msg.from_user().as_bytes());
     log.kind.set(msg.msg_type());
     log.event.set(msg.event());
-    if crate::log::enabled(crate::config::LogLevel::Debug) {
+    if crate::logger::enabled(crate::logger::LogLevel::Debug) {
         crate::log_debug!(
             "message account={} from={} type={} event={} content={:?}",
             account.name,
@@ -479,7 +604,7 @@ fn answer<'c>(
             let envelope = Envelope {
                 to_user: msg.from_user(),
                 from_user: msg.to_user(),
-                create_time: now(),
+                create_time: unix_time(),
             };
             let limits = Limits {
                 text_max_bytes: config.text_max_bytes,
@@ -499,15 +624,18 @@ fn answer<'c>(
                 let envelope = Envelope {
                     to_user: msg.from_user(),
                     from_user: msg.to_user(),
-                    create_time: now(),
+                    create_time: unix_time(),
                 };
                 let mut xml = Vec::new();
                 template.render(msg, &envelope, &limits, text, &mut xml);
                 xml
             });
             let dedup = config.forward.dedup_seconds > 0;
-            let job =
+            let mut job =
                 forward::Job::new(fw, &account.name, &rule.name, msg, limits, fallback, dedup);
+            if matches!(fw.target, rules::Target::Http { .. }) {
+                job.user_info = user_info_credentials(config, account);
+            }
             log.deferred = Some(Box::new(job));
             log.outcome = "forward";
             false

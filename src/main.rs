@@ -1,4 +1,5 @@
 //! `weixin-fcgi`: serve WeChat Official Account callbacks over FastCGI.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::io::Read;
@@ -9,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use weixin_fcgi::app::App;
-use weixin_fcgi::config::{Config, DEFAULT_DEMO_TOKEN};
-use weixin_fcgi::fastcgi::{Server, ServerConfig};
-use weixin_fcgi::{listener, log_error, log_info, log_warn, notify};
+use weixin_fcgi::config::{Config, DEFAULT_DEMO_TOKEN, RestartSettings};
+use weixin_fcgi::fastcgi::{Server, ServerConfig, listen, notify};
+use weixin_fcgi::{log_error, log_info, log_warn};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long SIGTERM waits for requests in flight before exiting anyway.
@@ -24,8 +25,11 @@ USAGE:
     weixin-fcgi [--config FILE] [--listen ADDR]   serve
     weixin-fcgi send [OPTIONS] KIND [ARGS…]       play WeChat: send a signed message to a
                                                   responder and show its reply (send --help)
-    weixin-fcgi check [--config FILE]             validate a config, summarize it, warn
+    weixin-fcgi check [--quiet] [--config FILE]   validate a config, summarize it, warn
                                                   (check --help)
+    weixin-fcgi status [--to ADDR] [--json|--openmetrics]
+                                                  print a running responder's status page
+                                                  (status --help)
     weixin-fcgi --help | --version
 
 OPTIONS:
@@ -118,12 +122,16 @@ fn load_config(args: &Args) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any thread starts.
+    let activation = unsafe { listen::take_activation() };
+    weixin_fcgi::logger::set_level(Default::default());
     let argv: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     match argv.get(1).map(String::as_str) {
         Some("send") => return weixin_fcgi::cli::send::main(argv.get(2..).unwrap_or_default()),
         Some("check") => return weixin_fcgi::cli::check::main(argv.get(2..).unwrap_or_default()),
+        Some("status") => return weixin_fcgi::cli::status::main(argv.get(2..).unwrap_or_default()),
         _ => {}
     }
     let args = match parse_args() {
@@ -134,7 +142,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(args) {
+    match run(args, activation) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log_error!("weixin-fcgi: {e}");
@@ -143,13 +151,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+fn run(args: Args, activation: listen::Activation) -> Result<(), String> {
     let config = load_config(&args)?;
-    weixin_fcgi::log::set_level(config.log_level);
+    weixin_fcgi::logger::set_level(config.log_level);
     notify::init();
     let listen = args.listen.clone().or_else(|| config.listen.clone());
-    let acquired =
-        listener::acquire(listen.as_deref(), config.socket_mode).map_err(|e| e.to_string())?;
+    let acquired = listen::acquire(activation, listen.as_deref(), config.socket_mode)
+        .map_err(|e| e.to_string())?;
 
     // Signals: flags say which arrived, the pipe wakes the main loop.
     let (mut wake_rx, wake_tx) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
@@ -169,8 +177,8 @@ fn run(args: Args) -> Result<(), String> {
         max_params: 64 * 1024,
         io_timeout: config.io_timeout,
     };
-    let idle_exit = (acquired.socket_activated && config.idle_exit > 0)
-        .then(|| Duration::from_secs(config.idle_exit));
+    // Compared at each SIGHUP: these take effect only after a restart.
+    let restart_settings = config.restart_settings();
     let accounts: Vec<String> = config
         .accounts
         .iter()
@@ -180,6 +188,7 @@ fn run(args: Args) -> Result<(), String> {
     let server = Server::start(acquired.listener, server_config, Arc::clone(&app))
         .map_err(|e| format!("cannot start workers: {e}"))?;
     let handle = server.handle();
+    app.attach_server(handle.clone());
     log_info!(
         "weixin-fcgi {VERSION} serving on {} with {} workers; accounts: {}",
         acquired.description,
@@ -194,14 +203,17 @@ fn run(args: Args) -> Result<(), String> {
     while !stop.load(Ordering::Acquire) {
         let _ = wake_rx.read(&mut sink);
         if reload.swap(false, Ordering::AcqRel) {
-            reload_config(&app, args.config.as_ref());
+            reload_config(&app, args.config.as_ref(), &restart_settings);
         }
         let stats = handle.stats();
         if stats.served != last_served {
             last_served = stats.served;
             notify::notify(&format!("STATUS=serving, {} requests", stats.served));
         }
-        if let Some(limit) = idle_exit {
+        // Read each time: a reload may change it.
+        let idle_exit = app.config().idle_exit;
+        if acquired.socket_activated && idle_exit > 0 {
+            let limit = Duration::from_secs(idle_exit);
             if stats.in_flight == 0 && stats.open_conns == 0 && stats.idle_for >= limit {
                 log_info!(
                     "idle for {}s: exiting (socket activation restarts on demand)",
@@ -226,25 +238,21 @@ fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-fn reload_config(app: &App, path: Option<&PathBuf>) {
+fn reload_config(app: &App, path: Option<&PathBuf>, running: &RestartSettings) {
     let Some(path) = path else {
         log_warn!("SIGHUP: nothing to reload (running the embedded config)");
         return;
     };
     match Config::load(path) {
         Ok(new) => {
-            let old = app.config();
-            if new.workers != old.workers
-                || new.listen != old.listen
-                || new.max_body != old.max_body
-                || new.shared_state != old.shared_state
-            {
+            let changed = running.changed_keys(&new.restart_settings());
+            if !changed.is_empty() {
                 log_warn!(
-                    "SIGHUP: workers, listen, max_body, max_conns, io_timeout and shared_state \
-                     take effect only after a restart"
+                    "SIGHUP: {} changed; the running values stay until a restart",
+                    changed.join(", ")
                 );
             }
-            weixin_fcgi::log::set_level(new.log_level);
+            weixin_fcgi::logger::set_level(new.log_level);
             let n = new.accounts.len();
             app.replace(new);
             log_info!("SIGHUP: reloaded {} ({n} accounts)", path.display());

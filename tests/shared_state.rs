@@ -3,7 +3,7 @@
 //! on loopback. Built with `--features redis` (tests/run.sh does).
 #![cfg(feature = "redis")]
 
-mod common;
+pub mod common;
 use common::*;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -251,7 +251,7 @@ fn state_survives_restarting_an_instance_over_a_unix_socket() {
             attempt(nginx.port, &msg),
             (200, Some("echo: before restart".into()))
         );
-        a.signal("TERM");
+        a.term();
     }
     let a = Responder::start(&on_db_1);
     let nginx = Nginx::start(&a.socket, true);
@@ -274,10 +274,9 @@ fn state_survives_restarting_an_instance_over_a_unix_socket() {
     );
     // A reload cannot move the state elsewhere: it says so and keeps Redis db 1.
     std::fs::write(&a.config, config(&redis.url(), &backend.url("ok"), 3000)).expect("write");
-    a.signal("HUP");
+    a.hup();
     assert!(wait_for(Duration::from_secs(5), || a.stderr().contains(
-        "SIGHUP: workers, listen, max_body, max_conns, io_timeout and shared_state take effect \
-         only after a restart"
+        "SIGHUP: shared_state changed; the running values stay until a restart"
     )));
     assert_eq!(
         attempt(nginx.port, &msg),

@@ -1,14 +1,15 @@
 //! Subcommands that run instead of the server: `weixin-fcgi send` (play WeChat's server against
-//! a responder) and `weixin-fcgi check` (validate a config and print what it does).
+//! a responder), `weixin-fcgi check` (validate a config and print what it does) and
+//! `weixin-fcgi status` (print a running responder's status page).
 //!
-//! Both return an exit status: 0 success, 1 failure (refused request, bad reply, invalid
-//! config), 2 usage error.
+//! Each returns an exit status: 0 success, 1 failure (refused request, bad reply, invalid
+//! config, no answer), 2 usage error.
 
 pub mod check;
 pub mod send;
+pub mod status;
 
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Exit status of a usage error (same as the server's).
 const USAGE_ERROR: u8 = 2;
@@ -73,14 +74,6 @@ impl Args {
     fn has(&self, name: &str) -> bool {
         self.flags.iter().any(|(n, _)| n == name)
     }
-}
-
-/// Seconds since the epoch.
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// `n` random ASCII digits from the OS generator (first digit non-zero).

@@ -2,14 +2,14 @@
 //! spec behaviour (keep-alive, GET_VALUES, unknown types and roles, multiplexing refused,
 //! abort) and hostile input (truncated, giant, wrong version) — the process keeps serving.
 
+use fastcgi_responder::client::{self, ClientResponse};
+use fastcgi_responder::record::{self, Parsed, kind, protocol_status};
+use fastcgi_responder::{Handler, Listener, Outcome, Request, Response, Server, ServerConfig};
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use weixin_fcgi::fastcgi::client::{self, ClientResponse};
-use weixin_fcgi::fastcgi::record::{self, Parsed, kind, protocol_status};
-use weixin_fcgi::fastcgi::{Handler, Listener, Outcome, Request, Response, Server, ServerConfig};
 
 /// Echoes method, a param and the body; `/panic` panics; `/later` answers from another thread.
 struct Echo {
@@ -435,8 +435,13 @@ fn max_conns_refuses_extra_connections() {
     for s in &mut held {
         client::request(s, 1, &params("/x"), b"", true).unwrap();
     }
+    let stats = f.server.as_ref().unwrap().handle().stats();
+    assert_eq!((stats.max_conns, stats.max_conns_reached), (3, 0));
     let mut extra = f.connect();
     assert!(client::request(&mut extra, 1, &params("/x"), b"", false).is_err());
+    // Counted for the status page.
+    let stats = f.server.as_ref().unwrap().handle().stats();
+    assert_eq!((stats.open_conns, stats.max_conns_reached), (3, 1));
     drop(held);
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(f.get("/x", b"again").body, b"POST again");
