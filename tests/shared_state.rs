@@ -105,6 +105,8 @@ fn message(content: &str) -> String {
 fn attempt(port: u16, message: &str) -> (u16, Option<String>) {
     let query = format!("/weixin?{}", signed_query(TOKEN));
     match try_http(port, "POST", &query, message.as_bytes()) {
+        // nginx's own error pages (502, 504) are HTML, not a reply.
+        Ok(resp) if resp.status != 200 => (resp.status, None),
         Ok(resp) => (resp.status, xml_field(&resp.text(), "Content")),
         Err(e) => panic!("HTTP to nginx failed: {e}"),
     }
