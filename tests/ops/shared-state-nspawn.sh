@@ -51,40 +51,15 @@ fi
 [ -x "$BINARY" ] || { echo "shared-state-nspawn: $BINARY is not executable" >&2; exit 2; }
 
 # --- the cached Debian root -------------------------------------------------------------------
-mirror() { # the host's Debian mirror, else deb.debian.org
-    local m
-    m=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{ print $2 }' |
-        grep -v -- '-security' | head -1 || true)
-    [ -n "$m" ] || m=$(sed -n 's/^deb \(\[[^]]*\] \)\?\(http[^ ]*\) .*/\2/p' \
-        /etc/apt/sources.list 2>/dev/null | grep -v -- '-security' | head -1 || true)
-    echo "${m:-http://deb.debian.org/debian}"
-}
-STAMP="$SUITE $INCLUDE"
-if [ ! -f "$BASE/.complete" ] || [ "$(cat "$BASE/.complete")" != "$STAMP" ]; then
-    MIRROR=$(mirror)
-    echo "shared-state-nspawn: debootstrap $SUITE from $MIRROR into $BASE (cached)" >&2
-    rm -rf "$BASE" "$BASE.tmp"
-    mkdir -p "$CACHE"
-    debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$BASE.tmp" "$MIRROR" \
-        > "$CACHE/debootstrap-redis.log" 2>&1 ||
-        skip "debootstrap failed: $(grep -E '^(E|W):' "$CACHE/debootstrap-redis.log" | tail -1)"
-    chroot "$BASE.tmp" apt-get clean
-    echo "$STAMP" > "$BASE.tmp/.complete"
-    mv "$BASE.tmp" "$BASE"
-fi
+# shellcheck source=tests/ops/nspawn.sh
+. "$REPO/tests/ops/nspawn.sh"
+nspawn_base "$BASE" "$SUITE" "$INCLUDE" "$CACHE/debootstrap-redis.log"
 
 # --- a fresh copy with the units, the binary, the config --------------------------------------
 RUN=$(mktemp -d "$CACHE/redis-run.XXXXXX")
 ROOT=$RUN/root
-NSPAWN_PID=
-LEADER=
 cleanup() {
-    if [ -n "$LEADER" ] && kill -0 "$LEADER" 2>/dev/null; then
-        nsenter -t "$LEADER" -a systemctl poweroff >/dev/null 2>&1 || true
-        for _ in $(seq 50); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.2; done
-    fi
-    [ -z "$NSPAWN_PID" ] || kill "$NSPAWN_PID" 2>/dev/null || true
-    [ -z "$NSPAWN_PID" ] || wait "$NSPAWN_PID" 2>/dev/null || true
+    nspawn_stop
     rm -rf "$RUN"
 }
 trap cleanup EXIT
@@ -119,32 +94,10 @@ EOF
 }
 write_config "redis://127.0.0.1:6379/0"
 
-systemd-nspawn -q -D "$ROOT" -M "weixin-redis-$$" --boot --register=no --keep-unit \
-    --capability=CAP_BPF --system-call-filter=bpf --private-network --console=passive \
-    < /dev/null > "$RUN/nspawn.log" 2>&1 &
-NSPAWN_PID=$!
-for _ in $(seq 150); do
-    LEADER=$(pgrep -P "$NSPAWN_PID" -x systemd | head -1 || true)
-    [ -n "$LEADER" ] && break
-    kill -0 "$NSPAWN_PID" 2>/dev/null || break
-    sleep 0.1
-done
-[ -n "$LEADER" ] || skip "systemd-nspawn did not start: $(tail -1 "$RUN/nspawn.log")"
-ct() { nsenter -t "$LEADER" -a env -i PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
-state=
-for _ in $(seq 90); do
-    state=$(timeout 90 nsenter -t "$LEADER" -a systemctl is-system-running --wait 2>/dev/null || true)
-    [ -n "$state" ] && break
-    kill -0 "$NSPAWN_PID" 2>/dev/null || break
-    sleep 1
-done
-case "$state" in
-    running | degraded) ;;
-    *) skip "the container did not boot ('${state:-no answer}'): $(tail -1 "$RUN/nspawn.log")" ;;
-esac
+nspawn_boot "$ROOT" "weixin-redis-$$" "$RUN/nspawn.log"
 trap 'echo "FAIL  script     line $LINENO: \"$BASH_COMMAND\" exited $?"; echo "shared-state-nspawn: $PASS passed, $((FAIL + 1)) failed"' ERR
 ct systemctl is-active --quiet redis-server.service || { fail boot "redis-server is not running"; }
-printf '      %-10s %s, %s\n' boot "$(ct systemctl --version | head -1)" "state $state"
+printf '      %-10s %s, %s\n' boot "$(ct systemctl --version | head -1)" "state $NSPAWN_STATE"
 
 # --- helpers ----------------------------------------------------------------------------------
 N=0

@@ -89,43 +89,14 @@ if [ -z "$DEB2" ]; then
 fi
 VERSION2=$(dpkg-deb -f "$DEB2" Version)
 
-# --- the cached Debian root -------------------------------------------------------------------
-mirror() { # the host's Debian mirror (deb822 or one-line sources), else deb.debian.org
-    local m
-    m=$(grep -hs -A3 '^Types: .*deb' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
-        sed -n 's/^URIs: *\([^ ]*\).*/\1/p' | grep -v -- '-security' | head -1 || true)
-    [ -n "$m" ] || m=$(sed -n 's/^deb \(\[[^]]*\] \)\?\(http[^ ]*\) .*/\2/p' \
-        /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | grep -v -- '-security' | head -1 || true)
-    echo "${m:-http://deb.debian.org/debian}"
-}
-STAMP="$SUITE $INCLUDE"
-if [ ! -f "$BASE/.weixin-e2e-complete" ] || [ "$(cat "$BASE/.weixin-e2e-complete")" != "$STAMP" ]; then
-    MIRROR=$(mirror)
-    echo "systemd-e2e: debootstrap $SUITE from $MIRROR into $BASE (cached for later runs)" >&2
-    rm -rf "$BASE" "$BASE.tmp"
-    mkdir -p "$CACHE"
-    if ! debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$BASE.tmp" "$MIRROR" \
-        > "$CACHE/debootstrap.log" 2>&1; then
-        skip "debootstrap $SUITE from $MIRROR failed: $(grep -E '^(E|W):' "$CACHE/debootstrap.log" | tail -1)"
-    fi
-    # Each boot copies this root: keep it lean.
-    chroot "$BASE.tmp" apt-get clean
-    echo "$STAMP" > "$BASE.tmp/.weixin-e2e-complete"
-    mv "$BASE.tmp" "$BASE"
-fi
-
-# --- boot a fresh copy ------------------------------------------------------------------------
+# --- the cached Debian root, a booted copy ----------------------------------------------------
+# shellcheck source=tests/ops/nspawn.sh
+. "$REPO/tests/ops/nspawn.sh"
+nspawn_base "$BASE" "$SUITE" "$INCLUDE" "$CACHE/debootstrap.log"
 RUN=$(mktemp -d "$CACHE/run.XXXXXX")
 MACHINE=weixin-e2e-$$
-NSPAWN_PID=
-LEADER=
 cleanup() {
-    if [ -n "$LEADER" ] && kill -0 "$LEADER" 2>/dev/null; then
-        nsenter -t "$LEADER" -a systemctl poweroff >/dev/null 2>&1 || true
-        for _ in $(seq 50); do kill -0 "$NSPAWN_PID" 2>/dev/null || break; sleep 0.2; done
-    fi
-    [ -z "$NSPAWN_PID" ] || kill "$NSPAWN_PID" 2>/dev/null || true
-    [ -z "$NSPAWN_PID" ] || wait "$NSPAWN_PID" 2>/dev/null || true
+    nspawn_stop
     rm -rf "$RUN"
 }
 trap cleanup EXIT
@@ -135,39 +106,9 @@ echo "$MACHINE" > "$RUN/root/etc/hostname"
 mkdir -p "$RUN/root/root/e2e/upgrade"
 cp "$DEB" "$RUN/root/root/e2e/weixin-fcgi_${VERSION}_amd64.deb"
 cp "$DEB2" "$RUN/root/root/e2e/upgrade/weixin-fcgi_${VERSION2}_amd64.deb"
-
-# The flags: no machined on the host to register with (--register=no) nor a unit of our own
-# (--keep-unit); CAP_BPF and the bpf() syscall for the unit's IPAddressDeny= filter; a private
-# network so the container's nginx listens on its own loopback only.
-systemd-nspawn -q -D "$RUN/root" -M "$MACHINE" --boot --register=no --keep-unit \
-    --capability=CAP_BPF --system-call-filter=bpf --private-network --console=passive \
-    < /dev/null > "$RUN/nspawn.log" 2>&1 &
-NSPAWN_PID=$!
-# The container's PID 1 is nspawn's child once it has exec'd systemd (before that the child
-# is still nspawn setting up).
-for _ in $(seq 150); do
-    LEADER=$(pgrep -P "$NSPAWN_PID" -x systemd | head -1 || true)
-    [ -n "$LEADER" ] && break
-    kill -0 "$NSPAWN_PID" 2>/dev/null || break
-    sleep 0.1
-done
-[ -n "$LEADER" ] || skip "systemd-nspawn did not start a container: $(tail -1 "$RUN/nspawn.log")"
-
-# Commands inside the container: all its namespaces, a clean environment.
-ct() { nsenter -t "$LEADER" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
-# is-system-running --wait waits for the boot to finish, but fails at once while PID 1 has not
-# yet opened its control socket.
-state=
-for _ in $(seq 90); do
-    state=$(timeout 90 nsenter -t "$LEADER" -a systemctl is-system-running --wait 2>/dev/null || true)
-    [ -n "$state" ] && break
-    kill -0 "$NSPAWN_PID" 2>/dev/null || break
-    sleep 1
-done
-case "$state" in
-    running | degraded) ;;
-    *) skip "the container did not boot (systemctl is-system-running: '${state:-no answer}'): $(tail -1 "$RUN/nspawn.log")" ;;
-esac
+# A private network: the container's nginx listens on its own loopback only.
+nspawn_boot "$RUN/root" "$MACHINE" "$RUN/nspawn.log"
+state=$NSPAWN_STATE
 note boot "$(ct systemctl --version | head -1) as PID 1 in $MACHINE, state $state, $(($(date +%s) - START)) s so far"
 
 # From here on an unexpected failure of any command is a FAIL, with its line.
