@@ -74,6 +74,21 @@ fn serve(mut conn: TcpStream, calls: &Mutex<Vec<Instant>>) {
     let _ = conn.write_all(reply.as_bytes());
 }
 
+/// An instance of the binary with `config`, once it uses Redis: on a busy machine its first
+/// connection (at start) can take longer than the 200 ms it gives Redis, and then Redis is
+/// tried again only a second later.
+fn start_instance(config: &str) -> Responder {
+    let r = Responder::start(config);
+    // Logged once the store is set up and probed.
+    assert!(wait_for(Duration::from_secs(5), || r
+        .stderr()
+        .contains(" serving on ")));
+    if r.stderr().contains("unavailable (timed out)") {
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    r
+}
+
 /// The config both instances run: `shared_state` and one forward rule.
 fn config(shared_state: &str, backend_url: &str, timeout_ms: u64) -> String {
     format!(
@@ -138,8 +153,8 @@ fn attempts_alternating_between_instances_reach_a_slow_backend_once() {
     let redis = RedisServer::start();
     let backend = Backend::start();
     let config = config(&redis.url(), &backend.url("sleep-3000"), 4500);
-    let a = Responder::start(&config);
-    let b = Responder::start(&config);
+    let a = start_instance(&config);
+    let b = start_instance(&config);
     let nginx = Nginx::start_upstream(&[&a.socket, &b.socket], true, "");
     let port = nginx.port;
     // WeChat retries every 5 s; here every second, with a backend needing 3 s, so that
@@ -196,8 +211,8 @@ fn a_retry_on_the_other_instance_is_answered_from_shared_state() {
     let redis = RedisServer::start();
     let backend = Backend::start();
     let config = config(&redis.url(), &backend.url("ok"), 3000);
-    let a = Responder::start(&config);
-    let b = Responder::start(&config);
+    let a = start_instance(&config);
+    let b = start_instance(&config);
     let (nginx_a, nginx_b) = (Nginx::start(&a.socket, true), Nginx::start(&b.socket, true));
 
     let msg = message("once");
@@ -247,7 +262,7 @@ fn state_survives_restarting_an_instance_over_a_unix_socket() {
     let on_db_1 = config(&url, &backend.url("ok"), 3000);
     let msg = message("before restart");
     {
-        let a = Responder::start(&on_db_1);
+        let a = start_instance(&on_db_1);
         let nginx = Nginx::start(&a.socket, true);
         assert_eq!(
             attempt(nginx.port, &msg),
@@ -255,7 +270,7 @@ fn state_survives_restarting_an_instance_over_a_unix_socket() {
         );
         a.term();
     }
-    let a = Responder::start(&on_db_1);
+    let a = start_instance(&on_db_1);
     let nginx = Nginx::start(&a.socket, true);
     assert_eq!(
         attempt(nginx.port, &msg),
@@ -292,7 +307,7 @@ fn redis_stopped_still_answers_with_one_warning_and_comes_back() {
     let mut redis = RedisServer::start();
     let backend = Backend::start();
     let config = config(&redis.url(), &backend.url("ok"), 3000);
-    let a = Responder::start(&config);
+    let a = start_instance(&config);
     let nginx = Nginx::start(&a.socket, true);
     assert_eq!(
         attempt(nginx.port, &message("up")),
@@ -360,7 +375,7 @@ fn redis_stopped_still_answers_with_one_warning_and_comes_back() {
 fn a_stalled_redis_costs_one_short_timeout_then_local_memory_answers() {
     let redis = RedisServer::start();
     let backend = Backend::start();
-    let a = Responder::start(&config(&redis.url(), &backend.url("ok"), 3000));
+    let a = start_instance(&config(&redis.url(), &backend.url("ok"), 3000));
     let nginx = Nginx::start(&a.socket, true);
     assert_eq!(
         attempt(nginx.port, &message("warm")),
@@ -397,8 +412,8 @@ fn an_instance_killed_mid_call_leaves_a_claim_that_expires_and_a_later_retry_is_
     let backend = Backend::start();
     // Backend needs 2 s; timeout_ms 2500 → a claim lives 2.5 + 2 = 4.5 s.
     let config = config(&redis.url(), &backend.url("sleep-2000"), 2500);
-    let mut a = Responder::start(&config);
-    let b = Responder::start(&config);
+    let mut a = start_instance(&config);
+    let b = start_instance(&config);
     let (nginx_a, nginx_b) = (Nginx::start(&a.socket, true), Nginx::start(&b.socket, true));
     let msg = message("orphan");
 
