@@ -175,6 +175,53 @@ def wait_connect(port=None, path=None, limit=10):
     return False
 
 
+
+def static_load(a, nport, seconds, first_id):
+    """Paced static-rule requests from 4 clients for `seconds`; returns (latencies, errors)."""
+    lat = []
+    errors = [0]
+    lat_lock = threading.Lock()
+    counter = iter(range(a.static_max))
+    deadline = time.monotonic() + seconds
+
+    def static_client():
+        # Paced (one request every --static-interval-ms per client), not closed-loop: the
+        # figure is the latency of an ordinary request while the slow calls are held, not
+        # of a CPU saturated by the load generator itself.
+        next_at = time.monotonic()
+        while time.monotonic() < deadline:
+            next_at += a.static_interval_ms / 1000
+            pause = next_at - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            with lat_lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            try:
+                st, dt, data = post(nport, message("oStatic", "static", first_id + i), timeout=10)
+                ok = st == 200 and b"static answer" in data
+            except OSError:
+                ok, dt = False, 0
+            with lat_lock:
+                if ok:
+                    lat.append(dt)
+                else:
+                    errors[0] += 1
+
+    clients = [threading.Thread(target=static_client) for _ in range(4)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join()
+    lat.sort()
+    return lat, errors[0]
+
+
+def pct(lat, p):
+    return lat[min(len(lat) - 1, int(len(lat) * p))] * 1000 if lat else float("nan")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("bin")
@@ -267,6 +314,8 @@ http {{
         assert st == 200, f"static warm-up answered {st}"
         time.sleep(0.5)
         idle = rss_kib(wx.pid)[0]
+        # The same static load with nothing else going on: this machine's own noise floor.
+        quiet, quiet_err = static_load(a, nport, min(5.0, a.static_seconds), 10_000_000)
 
         peak = [0]
         stop = threading.Event()
@@ -299,42 +348,7 @@ http {{
         held = get_json(bport, "/status")["active"]
         inflight = rss_kib(wx.pid)[0]
 
-        lat = []
-        errors = [0]
-        lat_lock = threading.Lock()
-        counter = iter(range(a.static_max))
-        deadline = time.monotonic() + a.static_seconds
-
-        def static_client():
-            # Paced (one request every --static-interval-ms per client), not closed-loop: the
-            # figure is the latency of an ordinary request while the slow calls are held, not
-            # of a CPU saturated by the load generator itself.
-            next_at = time.monotonic()
-            while time.monotonic() < deadline:
-                next_at += a.static_interval_ms / 1000
-                pause = next_at - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
-                with lat_lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                try:
-                    st, dt, data = post(nport, message("oStatic", "static", 20_000_000 + i), timeout=10)
-                    ok = st == 200 and b"static answer" in data
-                except OSError:
-                    ok, dt = False, 0
-                with lat_lock:
-                    if ok:
-                        lat.append(dt)
-                    else:
-                        errors[0] += 1
-
-        clients = [threading.Thread(target=static_client) for _ in range(4)]
-        for t in clients:
-            t.start()
-        for t in clients:
-            t.join()
+        lat, errors = static_load(a, nport, a.static_seconds, 20_000_000)
         static_s = time.monotonic() - t_start
         during = get_json(bport, "/status")["active"]
         inflight = max(inflight, rss_kib(wx.pid)[0])
@@ -349,10 +363,6 @@ http {{
         rss_end, hwm = rss_kib(wx.pid)
         peak_kib = max(peak[0], hwm)
         status = get_json(bport, "/status")
-        lat.sort()
-
-        def pct(p):
-            return lat[min(len(lat) - 1, int(len(lat) * p))] * 1000 if lat else float("nan")
 
         codes = {}
         for s in slow_status:
@@ -362,10 +372,12 @@ http {{
         print(f"  slow requests' HTTP status through nginx: {dict(sorted(codes.items()))}")
         print(f"  weixin-fcgi VmRSS: idle {idle} KiB ({idle / 1024:.1f} MiB), with the calls in flight {inflight} KiB ({inflight / 1024:.1f} MiB), "
               f"peak {peak_kib} KiB ({peak_kib / 1024:.1f} MiB), after {rss_end} KiB")
-        print(f"  static rule meanwhile: {len(lat)} ok, {errors[0]} failed; p50 {pct(0.5):.2f} ms, p99 {pct(0.99):.2f} ms, max {lat[-1] * 1000 if lat else float('nan'):.2f} ms")
+        print(f"  static rule before (nothing in flight): {len(quiet)} ok, {quiet_err} failed; p50 {pct(quiet, 0.5):.2f} ms, "
+              f"p99 {pct(quiet, 0.99):.2f} ms, max {quiet[-1] * 1000 if quiet else float('nan'):.2f} ms")
+        print(f"  static rule meanwhile: {len(lat)} ok, {errors} failed; p50 {pct(lat, 0.5):.2f} ms, p99 {pct(lat, 0.99):.2f} ms, max {lat[-1] * 1000 if lat else float('nan'):.2f} ms")
         print(f"LATE_SCALE mode={a.mode} calls={a.calls} delay_s={a.delay:g} idle_kib={idle} inflight_kib={inflight} peak_kib={peak_kib} "
-              f"static_n={len(lat)} static_err={errors[0]} p50_ms={pct(0.5):.3f} p99_ms={pct(0.99):.3f} "
-              f"max_ms={(lat[-1] * 1000 if lat else 0):.3f} backend_calls={status['calls']} backend_max_concurrent={status['max']}")
+              f"static_n={len(lat)} static_err={errors} p50_ms={pct(lat, 0.5):.3f} p99_ms={pct(lat, 0.99):.3f} "
+              f"max_ms={(lat[-1] * 1000 if lat else 0):.3f} quiet_p99_ms={pct(quiet, 0.99):.3f} backend_calls={status['calls']} backend_max_concurrent={status['max']}")
     finally:
         for p in reversed(procs):
             try:

@@ -103,25 +103,13 @@ fn build(nodes: &[Node<'_>], i: &mut usize, depth: u8) -> Map<String, Value> {
     map
 }
 
-/// POSTs `body` to `url` and interprets the answer. `Err` is a one-line reason for the log.
-pub fn call(url: &str, body: &[u8], timeout: Duration) -> Result<OwnedReply, String> {
-    let agent = agent(timeout);
-    let mut response = agent
-        .post(url)
-        .header("Content-Type", "application/json")
-        .send(body)
-        .map_err(|e| describe(&e))?;
-    let status = response.status().as_u16();
+/// Interprets a backend's HTTP answer (from [`super::http_loop`]). `Err` is a one-line reason
+/// for the log.
+pub fn interpret(status: u16, body: &[u8]) -> Result<OwnedReply, String> {
     if status != 200 {
         return Err(format!("backend answered HTTP {status}"));
     }
-    let answer = response
-        .body_mut()
-        .with_config()
-        .limit(MAX_ANSWER)
-        .read_to_vec()
-        .map_err(|e| format!("while reading the answer: {}", describe(&e)))?;
-    parse_answer(&answer)
+    parse_answer(body)
 }
 
 /// A client with no proxy, no redirects, and the whole exchange under `timeout`.

@@ -19,6 +19,7 @@
 pub mod backend;
 pub mod dedup;
 pub mod exec;
+pub mod http_loop;
 pub mod oauth;
 
 use crate::fastcgi::{Pending, Response};
@@ -28,6 +29,7 @@ use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Article, Envelope, Limits, Reply};
 use backend::OwnedReply;
 use dedup::{Begin, Table};
+use http_loop::HttpLoop;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -207,7 +209,10 @@ pub struct Forwarder {
     settings: Settings,
     busy: Arc<AtomicUsize>,
     dedup: Arc<Table<Waiter, Answer>>,
-    sender: OnceLock<SyncSender<Task>>,
+    /// Threads for programs (`exec`) and menu OAuth, started as needed up to `slots`.
+    pool: OnceLock<Pool>,
+    /// Backend HTTP calls (`url` targets), all on one epoll thread; `None` if it cannot start.
+    http: OnceLock<Option<Arc<HttpLoop>>>,
 }
 
 impl Forwarder {
@@ -219,7 +224,8 @@ impl Forwarder {
                 Duration::from_secs(settings.dedup_seconds),
                 settings.dedup_entries,
             )),
-            sender: OnceLock::new(),
+            pool: OnceLock::new(),
+            http: OnceLock::new(),
         }
     }
 
@@ -269,8 +275,14 @@ impl Forwarder {
             None if acquire() => waiter,
             None => return busy(job, waiter),
         };
-        let sender = self.sender.get_or_init(|| self.spawn());
-        if let Err(e) = sender.try_send(Task::Message {
+        if let Target::Http { url } = &job.forward.target {
+            return self.submit_http(
+                format!("{}{}", url.trim_end_matches('/'), job.path),
+                job,
+                waiter,
+            );
+        }
+        if let Err(e) = self.send_task(Task::Message {
             job: Box::new(job),
             waiter,
         }) {
@@ -292,6 +304,35 @@ impl Forwarder {
         }
     }
 
+    /// Calls the backend on the HTTP loop; the loop's thread completes the request.
+    fn submit_http(&self, url: String, mut job: Job, waiter: Waiter) {
+        let http = self.http.get_or_init(|| match HttpLoop::start() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                crate::log_error!("cannot start the backend HTTP thread: {e}");
+                None
+            }
+        });
+        let (busy, dedup) = (Arc::clone(&self.busy), Arc::clone(&self.dedup));
+        let Some(http) = http else {
+            let result = Ok(Err("cannot start the backend HTTP thread".to_string()));
+            return complete(&job, waiter, result, Instant::now(), &busy, &dedup);
+        };
+        let started = Instant::now();
+        let body = std::mem::take(&mut job.body);
+        http.post_json(
+            &url,
+            &body,
+            job.forward.timeout,
+            Box::new(move |answer| {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    answer.and_then(|a| backend::interpret(a.status, &a.body))
+                }));
+                complete(&job, waiter, result, started, &busy, &dedup);
+            }),
+        );
+    }
+
     /// Completes a menu OAuth redirect on a forward thread; 503 at once when every slot is busy.
     pub fn submit_oauth(&self, job: oauth::OAuthJob, pending: Pending) {
         let slots = self.settings.slots;
@@ -309,8 +350,7 @@ impl Forwarder {
             pending.finish(|r| r.plain(503, "busy, try again\n"));
             return;
         }
-        let sender = self.sender.get_or_init(|| self.spawn());
-        if let Err(e) = sender.try_send(Task::OAuth { job, pending }) {
+        if let Err(e) = self.send_task(Task::OAuth { job, pending }) {
             self.busy.fetch_sub(1, Ordering::AcqRel);
             let (std::sync::mpsc::TrySendError::Full(task)
             | std::sync::mpsc::TrySendError::Disconnected(task)) = e;
@@ -320,22 +360,47 @@ impl Forwarder {
         }
     }
 
-    fn spawn(&self) -> SyncSender<Task> {
-        let (tx, rx) = sync_channel::<Task>(self.settings.slots);
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..self.settings.slots {
-            let rx = Arc::clone(&rx);
-            let busy = Arc::clone(&self.busy);
-            let dedup = Arc::clone(&self.dedup);
+    /// Queues `task` for a pool thread, starting one when every started thread is busy.
+    /// Idle threads stay for later tasks: a thread costs its stack only when used.
+    fn send_task(&self, task: Task) -> Result<(), std::sync::mpsc::TrySendError<Task>> {
+        let pool = self.pool.get_or_init(|| {
+            let (tx, rx) = sync_channel::<Task>(self.settings.slots);
+            Pool {
+                tx,
+                rx: Arc::new(Mutex::new(rx)),
+                threads: AtomicUsize::new(0),
+                idle: Arc::new(AtomicUsize::new(0)),
+                queued: Arc::new(AtomicUsize::new(0)),
+            }
+        });
+        pool.tx.try_send(task)?;
+        let queued = pool.queued.fetch_add(1, Ordering::AcqRel) + 1;
+        let threads = pool.threads.load(Ordering::Acquire);
+        if queued > pool.idle.load(Ordering::Acquire) && threads < self.settings.slots {
+            pool.threads.fetch_add(1, Ordering::AcqRel);
+            let rx = Arc::clone(&pool.rx);
+            let counts = [Arc::clone(&pool.idle), Arc::clone(&pool.queued)];
+            let (busy, dedup) = (Arc::clone(&self.busy), Arc::clone(&self.dedup));
             let spawned = std::thread::Builder::new()
-                .name(format!("forward-{i}"))
-                .spawn(move || forward_thread(&rx, &busy, &dedup));
+                .name(format!("forward-{threads}"))
+                .spawn(move || forward_thread(&rx, &counts, &busy, &dedup));
             if let Err(e) = spawned {
-                crate::log_error!("cannot start forward thread {i}: {e}");
+                pool.threads.fetch_sub(1, Ordering::AcqRel);
+                crate::log_error!("cannot start forward thread {threads}: {e}");
             }
         }
-        tx
+        Ok(())
     }
+}
+
+/// The threads for programs and OAuth, and their queue.
+struct Pool {
+    tx: SyncSender<Task>,
+    rx: Arc<Mutex<Receiver<Task>>>,
+    threads: AtomicUsize,
+    /// Threads waiting for a task, and tasks not yet taken by a thread.
+    idle: Arc<AtomicUsize>,
+    queued: Arc<AtomicUsize>,
 }
 
 /// No slot free (or too many retries parked): the fallback at once, not stored.
@@ -348,12 +413,20 @@ fn busy(job: Job, waiter: Waiter) {
     waiter.answer(job.fallback.as_deref());
 }
 
-fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<Waiter, Answer>) {
+fn forward_thread(
+    rx: &Mutex<Receiver<Task>>,
+    [idle, queued]: &[Arc<AtomicUsize>; 2],
+    busy: &AtomicUsize,
+    dedup: &Table<Waiter, Answer>,
+) {
     loop {
+        idle.fetch_add(1, Ordering::AcqRel);
         let task = {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
             rx.recv()
         };
+        idle.fetch_sub(1, Ordering::AcqRel);
+        queued.fetch_sub(1, Ordering::AcqRel);
         let (job, waiter) = match task {
             Ok(Task::Message { job, waiter }) => (*job, waiter),
             Ok(Task::OAuth { job, pending }) => {
@@ -365,37 +438,50 @@ fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<
         };
         let started = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)));
-        let ms = started.elapsed().as_millis();
-        let answer: Answer = match result {
-            Ok(Ok(reply)) => {
-                crate::log_info!(
-                    "forward account={} rule={} result=ok ms={ms}",
-                    job.account,
-                    job.rule
-                );
-                Arc::new(render(&job, &reply))
-            }
-            Ok(Err(reason)) => {
-                crate::log_warn!(
-                    "forward account={} rule={} result=fallback reason=\"{}\" ms={ms}",
-                    job.account,
-                    job.rule,
-                    reason.escape_debug()
-                );
-                Arc::new(job.fallback.clone())
-            }
-            Err(_) => {
-                crate::log_error!(
-                    "forward account={} rule={} result=fallback reason=\"internal error\"",
-                    job.account,
-                    job.rule
-                );
-                Arc::new(job.fallback.clone())
-            }
-        };
-        busy.fetch_sub(1, Ordering::AcqRel);
-        finish_all(dedup, &job, waiter, &answer);
+        complete(&job, waiter, result, started, busy, dedup);
     }
+}
+
+/// Logs the outcome of a backend call or program run, renders the answer (or the fallback),
+/// frees the slot and answers every request waiting for it.
+fn complete(
+    job: &Job,
+    waiter: Waiter,
+    result: std::thread::Result<Result<OwnedReply, String>>,
+    started: Instant,
+    busy: &AtomicUsize,
+    dedup: &Table<Waiter, Answer>,
+) {
+    let ms = started.elapsed().as_millis();
+    let answer: Answer = match result {
+        Ok(Ok(reply)) => {
+            crate::log_info!(
+                "forward account={} rule={} result=ok ms={ms}",
+                job.account,
+                job.rule
+            );
+            Arc::new(render(job, &reply))
+        }
+        Ok(Err(reason)) => {
+            crate::log_warn!(
+                "forward account={} rule={} result=fallback reason=\"{}\" ms={ms}",
+                job.account,
+                job.rule,
+                reason.escape_debug()
+            );
+            Arc::new(job.fallback.clone())
+        }
+        Err(_) => {
+            crate::log_error!(
+                "forward account={} rule={} result=fallback reason=\"internal error\"",
+                job.account,
+                job.rule
+            );
+            Arc::new(job.fallback.clone())
+        }
+    };
+    busy.fetch_sub(1, Ordering::AcqRel);
+    finish_all(dedup, job, waiter, &answer);
 }
 
 fn oauth_task(job: &oauth::OAuthJob, pending: Pending) {
@@ -445,12 +531,10 @@ fn finish_all(dedup: &Table<Waiter, Answer>, job: &Job, waiter: Waiter, answer: 
     }
 }
 
+/// Runs a program (HTTP targets go to the HTTP loop instead).
 fn run(job: &Job) -> Result<OwnedReply, String> {
     match &job.forward.target {
-        Target::Http { url } => {
-            let url = format!("{}{}", url.trim_end_matches('/'), job.path);
-            backend::call(&url, &job.body, job.forward.timeout)
-        }
+        Target::Http { .. } => Err("HTTP target on a forward thread".to_string()),
         Target::Exec {
             command,
             max_output,
