@@ -63,7 +63,11 @@ struct Outcomes<'a> {
 impl App {
     pub fn new(config: Config) -> App {
         App {
-            forwarder: Arc::new(Forwarder::new(config.forward)),
+            forwarder: Arc::new(Forwarder::new(
+                config.forward,
+                config.late.clone(),
+                &config.api_base,
+            )),
             config: RwLock::new(Arc::new(config)),
         }
     }
@@ -71,6 +75,16 @@ impl App {
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// True while backend work runs that no open request waits for (late answers).
+    pub fn working(&self) -> bool {
+        self.forwarder.working()
+    }
+
+    /// Saves state that must outlive the process (kept late answers).
+    pub fn flush(&self) {
+        self.forwarder.flush();
     }
 
     /// Replaces the config; requests already running keep the one they started with.
@@ -226,7 +240,7 @@ fn oauth_redirect<'c>(
     };
     log.oauth = Some(Box::new(forward::oauth::OAuthJob {
         account: account.name.clone(),
-        api_base: config.oauth_api_base.clone(),
+        api_base: config.api_base.clone(),
         app_id: app_id.clone(),
         app_secret: secret.expose().to_string(),
         menu_handler: handler.clone(),
@@ -493,8 +507,9 @@ fn answer<'c>(
                 xml
             });
             let dedup = config.forward.dedup_seconds > 0;
-            let job =
+            let mut job =
                 forward::Job::new(fw, &account.name, &rule.name, msg, limits, fallback, dedup);
+            job.with_late(msg, account, config.text_max_bytes);
             log.deferred = Some(Box::new(job));
             log.outcome = "forward";
             false

@@ -75,9 +75,13 @@ pub struct Config {
     /// `dedup_entries` (default 4096, 16..=1048576): the forward pool and retry table. Fixed at
     /// start (a reload keeps the running pool).
     pub forward: crate::forward::Settings,
-    /// `oauth_api_base`: the WeChat API for menu OAuth (default `https://api.weixin.qq.com`;
-    /// https needs the `tls` cargo feature).
-    pub oauth_api_base: String,
+    /// `api_base` (old name `oauth_api_base`, still accepted): the WeChat API for menu OAuth and
+    /// customer-service messages (default `https://api.weixin.qq.com`; https needs the `tls`
+    /// cargo feature).
+    pub api_base: String,
+    /// `late_keep_hours`, `late_max_answers`, `late_max_bytes`, `wechat_attempt_ms`,
+    /// `state_file`: late answers (see `forward::late`).
+    pub late: crate::forward::late::Settings,
     /// `[[account]]` tables, in file order.
     pub accounts: Vec<Account>,
 }
@@ -219,7 +223,8 @@ impl Config {
             log_level: LogLevel::default(),
             idle_exit: 0,
             forward: crate::forward::Settings::default(),
-            oauth_api_base: DEFAULT_OAUTH_API_BASE.to_string(),
+            api_base: DEFAULT_API_BASE.to_string(),
+            late: crate::forward::late::Settings::default(),
             accounts: vec![Account {
                 name: "demo".to_string(),
                 path: "/weixin".to_string(),
@@ -544,12 +549,18 @@ const TOP_KEYS: &[&str] = &[
     "forward_slots",
     "dedup_seconds",
     "dedup_entries",
+    "api_base",
     "oauth_api_base",
+    "late_keep_hours",
+    "late_max_answers",
+    "late_max_bytes",
+    "wechat_attempt_ms",
+    "state_file",
     "account",
 ];
 
-/// Default `oauth_api_base`.
-pub const DEFAULT_OAUTH_API_BASE: &str = "https://api.weixin.qq.com";
+/// Default `api_base`.
+pub const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com";
 
 fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
     top.check_keys(TOP_KEYS)?;
@@ -595,15 +606,44 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         dedup_entries: top.usize("dedup_entries", defaults.dedup_entries as u64, 16, 1 << 20)?,
     };
 
-    let oauth_api_base = match top.non_empty_str("oauth_api_base")? {
-        None => DEFAULT_OAUTH_API_BASE.to_string(),
+    // `oauth_api_base` is the old name of `api_base`; one of them, not both.
+    let api_base_key = match (top.get("api_base"), top.get("oauth_api_base")) {
+        (Some(_), Some(v)) => {
+            let message = "oauth_api_base is the old name of api_base: keep only api_base";
+            return Err(top.err_at("oauth_api_base", &v.span(), message));
+        }
+        (None, Some(_)) => "oauth_api_base",
+        _ => "api_base",
+    };
+    let api_base = match top.non_empty_str(api_base_key)? {
+        None => DEFAULT_API_BASE.to_string(),
         Some((s, span)) => {
             if !(s.starts_with("http://") || s.starts_with("https://")) {
                 let message = "must start with https:// (or http:// for a local test API)";
-                return Err(top.err_at("oauth_api_base", &span, message));
+                return Err(top.err_at(api_base_key, &span, message));
             }
             s.trim_end_matches('/').to_string()
         }
+    };
+    let late_defaults = crate::forward::late::Settings::default();
+    let late = crate::forward::late::Settings {
+        keep: Duration::from_secs(3600 * top.uint("late_keep_hours", 48, 1, 24 * 30)?),
+        max_parts: top.usize(
+            "late_max_answers",
+            late_defaults.max_parts as u64,
+            1,
+            1_000_000,
+        )?,
+        max_bytes: top.usize(
+            "late_max_bytes",
+            late_defaults.max_bytes as u64,
+            4096,
+            64 << 20,
+        )?,
+        attempt: Duration::from_millis(top.uint("wechat_attempt_ms", 5000, 300, 5000)?),
+        state_file: top
+            .non_empty_str("state_file")?
+            .map(|(s, _)| std::path::PathBuf::from(s)),
     };
     let (tables, span) = top
         .tables("account")?
@@ -616,15 +656,16 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
     for t in &tables {
         let (account, path_span) = read_account(t)?;
         if account.redirect_path.is_some()
-            && oauth_api_base.starts_with("https://")
+            && api_base.starts_with("https://")
             && !cfg!(feature = "tls")
         {
             let message = format!(
-                "account {:?} uses menu OAuth but this build has no TLS for oauth_api_base {oauth_api_base:?} (build with --features tls)",
+                "account {:?} uses menu OAuth but this build has no TLS for api_base {api_base:?} (build with --features tls)",
                 account.name
             );
             return Err(t.err_here("redirect_path", message));
         }
+        check_late_rules(t, &account, &api_base, text_max_bytes)?;
         if let Some(j) = accounts.iter().position(|a| {
             a.redirect_path.as_deref() == Some(account.path.as_str())
                 || account.redirect_path.as_deref() == Some(a.path.as_str())
@@ -658,10 +699,63 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         log_level,
         idle_exit,
         forward,
-        oauth_api_base,
+        api_base,
+        late,
         accounts,
     })
 }
+
+/// A `late = "customer_service"` rule needs the account's `app_id` and `app_secret` (for the
+/// access token) and, for an https `api_base`, a build with TLS.
+fn check_late_rules(
+    t: &Table<'_>,
+    account: &Account,
+    api_base: &str,
+    text_max_bytes: usize,
+) -> Result<(), ConfigError> {
+    use crate::forward::late::Mode;
+    for (i, rule) in account.rules.iter().enumerate() {
+        let Action::Forward(f) = &rule.action else {
+            continue;
+        };
+        let Some(late) = &f.late else { continue };
+        let error = |key: &str, message: String| ConfigError {
+            file: t.doc.origin.to_string(),
+            line: Some(rule.line),
+            key: Some(format!("{}.rule[{i}].reply.{key}", t.path)),
+            message,
+        };
+        let limit = late.text_max_bytes(text_max_bytes);
+        if late.more_hint.len() * 2 > limit {
+            return Err(error(
+                "more_hint",
+                format!("must be at most half of text_max_bytes ({limit})"),
+            ));
+        }
+        if late.mode != Mode::CustomerService {
+            continue;
+        }
+        if account.app_id.is_none() || account.app_secret.is_none() {
+            return Err(error(
+                "late",
+                format!(
+                    "late = \"customer_service\" needs the account's app_id and app_secret (account {:?})",
+                    account.name
+                ),
+            ));
+        }
+        if api_base.starts_with("https://") && !cfg!(feature = "tls") {
+            return Err(error(
+                "late",
+                format!(
+                    "late = \"customer_service\" calls api_base {api_base:?} but this build has no TLS (build with --features tls)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 
 /// `socket_mode`: an octal string ("0660"), or a TOML octal integer (`0o660`). A decimal
 /// integer is refused: `660` would silently mean 0o1224.
@@ -946,12 +1040,31 @@ const REPLY_KINDS: &[ReplyKind] = &[
     },
     ReplyKind {
         name: "forward",
-        keys: &["url", "timeout_ms", "fallback"],
+        keys: &[
+            "url",
+            "timeout_ms",
+            "fallback",
+            "late",
+            "late_timeout_ms",
+            "pending",
+            "text_max_bytes",
+            "more_hint",
+        ],
         build: build_forward,
     },
     ReplyKind {
         name: "exec",
-        keys: &["command", "timeout_ms", "max_output", "fallback"],
+        keys: &[
+            "command",
+            "timeout_ms",
+            "max_output",
+            "fallback",
+            "late",
+            "late_timeout_ms",
+            "pending",
+            "text_max_bytes",
+            "more_hint",
+        ],
         build: build_exec,
     },
 ];
@@ -1099,30 +1212,121 @@ fn build_exec(t: &Table<'_>) -> Result<Action, ConfigError> {
 }
 
 fn forward_action(t: &Table<'_>, target: crate::forward::Target) -> Result<Action, ConfigError> {
-    let timeout_ms = t.uint(
-        "timeout_ms",
-        DEFAULT_FORWARD_TIMEOUT_MS,
-        1,
-        MAX_FORWARD_TIMEOUT_MS,
-    )?;
+    let late = late_action(t)?;
+    let timeout_ms = match &late {
+        Some((_, ms)) => *ms,
+        None => t.uint(
+            "timeout_ms",
+            DEFAULT_FORWARD_TIMEOUT_MS,
+            1,
+            MAX_FORWARD_TIMEOUT_MS,
+        )?,
+    };
     let fallback = match t.sub_table("fallback")? {
         None => None,
-        Some(f) => match read_action(&f)? {
-            Action::Reply(template) => Some(template),
-            Action::NoReply => None,
-            Action::Forward(_) => {
-                let message = "the fallback must be a static reply (text, image, …, or none)";
-                return Err(t.err_here("fallback", message));
-            }
-        },
-    };
+        Some(f) => Some(static_reply(t, &f, "fallback")?),
+    }
+    .flatten();
     Ok(Action::Forward(std::sync::Arc::new(
         crate::forward::Forward {
             target,
             timeout: Duration::from_millis(timeout_ms),
             fallback,
+            late: late.map(|(l, _)| l),
         },
     )))
+}
+
+/// A static reply table (`fallback`, `pending`); `None` for `type = "none"`.
+fn static_reply(
+    t: &Table<'_>,
+    reply: &Table<'_>,
+    key: &str,
+) -> Result<Option<ReplyTemplate>, ConfigError> {
+    match read_action(reply)? {
+        Action::Reply(template) => Ok(Some(template)),
+        Action::NoReply => Ok(None),
+        Action::Forward(_) => {
+            let message = format!("the {key} must be a static reply (text, image, …, or none)");
+            Err(t.err_here(key, message))
+        }
+    }
+}
+
+/// `late`, `late_timeout_ms`, `pending`, `text_max_bytes`, `more_hint` of a forward/exec rule,
+/// and the call's deadline in ms. `None` for `late = "off"` (the default).
+fn late_action(
+    t: &Table<'_>,
+) -> Result<Option<(crate::forward::late::Late, u64)>, ConfigError> {
+    use crate::forward::late::{self, Mode};
+    const LATE_KEYS: [&str; 4] = ["late_timeout_ms", "pending", "text_max_bytes", "more_hint"];
+    let mode = match t.str("late")? {
+        None | Some(("off", _)) => None,
+        Some(("next_message", _)) => Some(Mode::NextMessage),
+        Some(("customer_service", _)) => Some(Mode::CustomerService),
+        Some((_, span)) => {
+            let message = "must be one of: \"off\", \"next_message\", \"customer_service\"";
+            return Err(t.err_at("late", &span, message));
+        }
+    };
+    let Some(mode) = mode else {
+        if let Some(key) = LATE_KEYS.iter().find(|k| t.get(k).is_some()) {
+            let span = t.get(key).map(|v| v.span()).unwrap_or_default();
+            let message = "only applies with late = \"next_message\" or \"customer_service\"";
+            return Err(t.err_at(key, &span, message));
+        }
+        return Ok(None);
+    };
+    if let Some(v) = t.get("timeout_ms") {
+        let message = "with late, the call runs up to late_timeout_ms: use that instead";
+        return Err(t.err_at("timeout_ms", &v.span(), message));
+    }
+    let timeout_ms = t.uint(
+        "late_timeout_ms",
+        late::DEFAULT_TIMEOUT_MS,
+        late::MIN_TIMEOUT_MS,
+        late::MAX_TIMEOUT_MS,
+    )?;
+    let pending = match t.get("pending") {
+        None => late::text_template(late::default_pending(mode))
+            .map_err(|e| t.err_here("pending", e))?,
+        Some(v) => match v.get_ref() {
+            DeValue::String(text) => {
+                if text.is_empty() {
+                    return Err(t.err_at("pending", &v.span(), "must not be empty"));
+                }
+                late::text_template(text)
+                    .map_err(|e| t.err_at("pending", &v.span(), format!("invalid template: {e}")))?
+            }
+            DeValue::Table(_) => {
+                let Some(table) = t.sub_table("pending")? else {
+                    return Err(t.missing("pending"));
+                };
+                static_reply(t, &table, "pending")?.ok_or_else(|| {
+                    let message = "must be a reply (a \"none\" pending would show WeChat's failure notice)";
+                    t.err_at("pending", &v.span(), message)
+                })?
+            }
+            _ => return Err(t.type_error("pending", v, "a string or a reply table")),
+        },
+    };
+    // 0 = the global text_max_bytes, filled in by the caller.
+    let text_max_bytes = t.usize("text_max_bytes", 0, 64, MAX_TEXT_MAX_BYTES)?;
+    let more_hint = match t.str("more_hint")? {
+        None => late::DEFAULT_MORE_HINT.to_string(),
+        Some((s, span)) if s.len() > late::MAX_MORE_HINT => {
+            let message = format!("must be at most {} bytes", late::MAX_MORE_HINT);
+            return Err(t.err_at("more_hint", &span, message));
+        }
+        Some((s, _)) => s.to_string(),
+    };
+    let late = late::Late {
+        mode,
+        pending,
+        text_max_bytes,
+        more_hint,
+    };
+    Ok(Some((late, timeout_ms)))
 }
 
 #[cfg(test)]

@@ -144,7 +144,14 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let config = load_config(&args)?;
+    let mut config = load_config(&args)?;
+    // Under systemd's StateDirectory= the kept late answers go there unless `state_file` says.
+    if config.late.state_file.is_none() {
+        if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+            let first = dir.to_string_lossy().split(':').next().unwrap_or("").to_string();
+            config.late.state_file = Some(PathBuf::from(first).join("late-answers"));
+        }
+    }
     weixin_fcgi::log::set_level(config.log_level);
     notify::init();
     let listen = args.listen.clone().or_else(|| config.listen.clone());
@@ -202,7 +209,12 @@ fn run(args: Args) -> Result<(), String> {
             notify::notify(&format!("STATUS=serving, {} requests", stats.served));
         }
         if let Some(limit) = idle_exit {
-            if stats.in_flight == 0 && stats.open_conns == 0 && stats.idle_for >= limit {
+            // A late answer still being computed or pushed keeps the process up.
+            if stats.in_flight == 0
+                && stats.open_conns == 0
+                && stats.idle_for >= limit
+                && !app.working()
+            {
                 log_info!(
                     "idle for {}s: exiting (socket activation restarts on demand)",
                     limit.as_secs()
@@ -219,6 +231,7 @@ fn run(args: Args) -> Result<(), String> {
             STOP_DEADLINE.as_secs()
         );
     }
+    app.flush();
     if let Some(path) = acquired.created_path {
         let _ = std::fs::remove_file(path);
     }

@@ -20,6 +20,7 @@ pub mod backend;
 pub mod dedup;
 pub mod exec;
 pub mod http_loop;
+pub mod late;
 pub mod oauth;
 
 use crate::fastcgi::{Pending, Response};
@@ -30,6 +31,9 @@ use crate::wechat::reply::{self, Article, Envelope, Limits, Reply};
 use backend::OwnedReply;
 use dedup::{Begin, Table};
 use http_loop::HttpLoop;
+
+/// Bytes of the store for late answers' claims, attempt counts and markers (small, short-lived).
+const LATE_STORE_BYTES: usize = 1 << 20;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -43,6 +47,8 @@ pub struct Forward {
     pub timeout: Duration,
     /// `fallback`: the static reply when the backend fails; `None` answers `success`.
     pub fallback: Option<ReplyTemplate>,
+    /// `late = …`: the answer may come after WeChat's attempts (see [`late`]).
+    pub late: Option<late::Late>,
 }
 
 /// Where the answer comes from.
@@ -102,6 +108,8 @@ pub struct Job {
     fallback: Option<Vec<u8>>,
     /// Set by the handler in safe mode.
     pub encrypt: Option<Encrypt>,
+    /// For a rule with `late`: set by [`Job::with_late`].
+    late: Option<Box<late::hub::LateJob>>,
 }
 
 impl Job {
@@ -148,7 +156,31 @@ impl Job {
             limits,
             fallback,
             encrypt: None,
+            late: None,
         }
+    }
+
+    /// Adds what a rule with `late` needs for `msg`: the message's key, its rendered
+    /// `pending`, the split size, the fallback as an answer to keep, and the account's
+    /// credentials for customer-service messages. No-op for a rule without `late`.
+    pub fn with_late(
+        &mut self,
+        msg: &Message<'_>,
+        account: &crate::config::Account,
+        text_max_bytes: usize,
+    ) {
+        let Some(settings) = &self.forward.late else {
+            return;
+        };
+        self.late = Some(Box::new(late::hub::LateJob::new(
+            settings,
+            &self.forward,
+            msg,
+            account,
+            dedup_key(&self.account, msg),
+            self.limits,
+            text_max_bytes,
+        )));
     }
 }
 
@@ -196,7 +228,8 @@ pub fn write_reply(reply_xml: Option<&[u8]>, encrypt: Option<&Encrypt>, response
 enum Task {
     Message {
         job: Box<Job>,
-        waiter: Waiter,
+        /// `None` for a job on a `late` rule: its requests wait in the late hub.
+        waiter: Option<Waiter>,
     },
     OAuth {
         job: oauth::OAuthJob,
@@ -213,11 +246,19 @@ pub struct Forwarder {
     pool: OnceLock<Pool>,
     /// Backend HTTP calls (`url` targets), all on one epoll thread; `None` if it cannot start.
     http: OnceLock<Option<Arc<HttpLoop>>>,
+    /// Late answers (started with the first message on a `late` rule, which also reads the
+    /// state file), with its global settings and the WeChat API base.
+    hub: OnceLock<Arc<late::hub::Hub>>,
+    late: late::Settings,
+    api_base: String,
 }
 
 impl Forwarder {
-    pub fn new(settings: Settings) -> Forwarder {
+    pub fn new(settings: Settings, late: late::Settings, api_base: &str) -> Forwarder {
         Forwarder {
+            late,
+            api_base: api_base.to_string(),
+            hub: OnceLock::new(),
             settings,
             busy: Arc::new(AtomicUsize::new(0)),
             dedup: Arc::new(Table::new(
@@ -234,10 +275,35 @@ impl Forwarder {
         self.settings.dedup_seconds > 0
     }
 
+    /// True while a backend call, program or customer-service push is running, even when
+    /// no FastCGI request waits for it (a late answer): the process must not exit when idle.
+    pub fn working(&self) -> bool {
+        self.busy.load(Ordering::Acquire) > 0 || self.hub.get().is_some_and(|h| h.busy())
+    }
+
+    /// Saves what must survive the process (kept late answers), at exit.
+    pub fn flush(&self) {
+        if let Some(hub) = self.hub.get() {
+            hub.flush();
+        }
+    }
+
+    fn hub(&self) -> Arc<late::hub::Hub> {
+        Arc::clone(self.hub.get_or_init(|| {
+            // Kept parts get a store of their own, the one saved to the state file; twice the
+            // per-account byte bound covers the store's per-entry overhead.
+            let budget = self.late.max_bytes.saturating_mul(2).max(1 << 20);
+            let kept = Arc::new(crate::state::MemoryStore::new(budget));
+            let store: Arc<dyn crate::state::Store> =
+                Arc::new(crate::state::MemoryStore::new(LATE_STORE_BYTES));
+            late::hub::Hub::new(self.late.clone(), &self.api_base, store, kept)
+        }))
+    }
+
     /// Answers `pending` for `job`: from the de-duplication table, by parking it on an attempt
     /// in flight, on a forward thread, or with the fallback when every slot is busy.
     /// Never blocks (called on a FastCGI worker).
-    pub fn submit(&self, job: Job, pending: Pending) {
+    pub fn submit(&self, mut job: Job, pending: Pending) {
         let waiter = Waiter {
             pending,
             encrypt: job.encrypt.clone(),
@@ -250,6 +316,12 @@ impl Forwarder {
                 })
                 .is_ok()
         };
+        if let Some(late) = job.late.as_deref_mut() {
+            let hub = self.hub();
+            late.hub = Some(Arc::clone(&hub));
+            hub.submit(job, waiter, acquire, |job| self.dispatch(job, None));
+            return;
+        }
         let waiter = match &job.key {
             Some(key) => match self.dedup.begin(key, waiter, acquire, Instant::now()) {
                 Begin::Done(answer, waiter) => {
@@ -275,6 +347,11 @@ impl Forwarder {
             None if acquire() => waiter,
             None => return busy(job, waiter),
         };
+        self.dispatch(job, Some(waiter));
+    }
+
+    /// Starts the backend call or program of `job`, which holds a slot.
+    fn dispatch(&self, job: Job, waiter: Option<Waiter>) {
         if let Target::Http { url } = &job.forward.target {
             return self.submit_http(
                 format!("{}{}", url.trim_end_matches('/'), job.path),
@@ -292,20 +369,13 @@ impl Forwarder {
             let Task::Message { job, waiter } = task else {
                 return;
             };
-            let job = *job;
-            self.busy.fetch_sub(1, Ordering::AcqRel);
-            crate::log_warn!(
-                "forward account={} rule={} result=fallback reason=\"forward queue full\"",
-                job.account,
-                job.rule
-            );
-            let answer: Answer = Arc::new(job.fallback.clone());
-            finish_all(&self.dedup, &job, waiter, &answer);
+            let result = Ok(Err("forward queue full".to_string()));
+            complete(&job, waiter, result, Instant::now(), &self.busy, &self.dedup);
         }
     }
 
     /// Calls the backend on the HTTP loop; the loop's thread completes the request.
-    fn submit_http(&self, url: String, mut job: Job, waiter: Waiter) {
+    fn submit_http(&self, url: String, mut job: Job, waiter: Option<Waiter>) {
         let http = self.http.get_or_init(|| match HttpLoop::start() {
             Ok(l) => Some(l),
             Err(e) => {
@@ -443,16 +513,27 @@ fn forward_thread(
 }
 
 /// Logs the outcome of a backend call or program run, renders the answer (or the fallback),
-/// frees the slot and answers every request waiting for it.
+/// frees the slot and answers every request waiting for it — or, on a `late` rule, hands the
+/// answer to the late hub.
 fn complete(
     job: &Job,
-    waiter: Waiter,
+    waiter: Option<Waiter>,
     result: std::thread::Result<Result<OwnedReply, String>>,
     started: Instant,
     busy: &AtomicUsize,
     dedup: &Table<Waiter, Answer>,
 ) {
     let ms = started.elapsed().as_millis();
+    if let Some(hub) = job.late.as_ref().and_then(|l| l.hub.clone()) {
+        busy.fetch_sub(1, Ordering::AcqRel);
+        let result = result.unwrap_or_else(|_| Err("internal error".to_string()));
+        hub.finished(job, result, ms);
+        return;
+    }
+    let Some(waiter) = waiter else {
+        busy.fetch_sub(1, Ordering::AcqRel);
+        return;
+    };
     let answer: Answer = match result {
         Ok(Ok(reply)) => {
             crate::log_info!(
@@ -551,9 +632,19 @@ fn run(job: &Job) -> Result<OwnedReply, String> {
 
 /// Renders a backend reply as reply XML; `None` for no reply.
 fn render(job: &Job, reply: &OwnedReply) -> Option<Vec<u8>> {
+    render_to(&job.to_user, &job.from_user, &job.limits, reply)
+}
+
+/// Renders `reply` as a reply to `to_user` (an OpenID) from `from_user` (the account's id).
+fn render_to(
+    to_user: &str,
+    from_user: &str,
+    limits: &Limits,
+    reply: &OwnedReply,
+) -> Option<Vec<u8>> {
     let envelope = Envelope {
-        to_user: &job.to_user,
-        from_user: &job.from_user,
+        to_user,
+        from_user,
         create_time: crate::app::now(),
     };
     let mut out = Vec::with_capacity(512);
@@ -600,7 +691,7 @@ fn render(job: &Job, reply: &OwnedReply) -> Option<Vec<u8>> {
             }
         }
     };
-    reply::render(&r, &envelope, &job.limits, &mut out);
+    reply::render(&r, &envelope, limits, &mut out);
     Some(out)
 }
 
