@@ -756,7 +756,6 @@ fn check_late_rules(
     Ok(())
 }
 
-
 /// `socket_mode`: an octal string ("0660"), or a TOML octal integer (`0o660`). A decimal
 /// integer is refused: `660` would silently mean 0o1224.
 fn socket_mode(top: &Table<'_>, v: &Value<'_>) -> Result<u32, ConfigError> {
@@ -1255,9 +1254,7 @@ fn static_reply(
 
 /// `late`, `late_timeout_ms`, `pending`, `text_max_bytes`, `more_hint` of a forward/exec rule,
 /// and the call's deadline in ms. `None` for `late = "off"` (the default).
-fn late_action(
-    t: &Table<'_>,
-) -> Result<Option<(crate::forward::late::Late, u64)>, ConfigError> {
+fn late_action(t: &Table<'_>) -> Result<Option<(crate::forward::late::Late, u64)>, ConfigError> {
     use crate::forward::late::{self, Mode};
     const LATE_KEYS: [&str; 4] = ["late_timeout_ms", "pending", "text_max_bytes", "more_hint"];
     let mode = match t.str("late")? {
@@ -1303,7 +1300,8 @@ fn late_action(
                     return Err(t.missing("pending"));
                 };
                 static_reply(t, &table, "pending")?.ok_or_else(|| {
-                    let message = "must be a reply (a \"none\" pending would show WeChat's failure notice)";
+                    let message =
+                        "must be a reply (a \"none\" pending would show WeChat's failure notice)";
                     t.err_at("pending", &v.span(), message)
                 })?
             }

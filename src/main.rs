@@ -148,7 +148,12 @@ fn run(args: Args) -> Result<(), String> {
     // Under systemd's StateDirectory= the kept late answers go there unless `state_file` says.
     if config.late.state_file.is_none() {
         if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
-            let first = dir.to_string_lossy().split(':').next().unwrap_or("").to_string();
+            let first = dir
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
             config.late.state_file = Some(PathBuf::from(first).join("late-answers"));
         }
     }

@@ -370,7 +370,14 @@ impl Forwarder {
                 return;
             };
             let result = Ok(Err("forward queue full".to_string()));
-            complete(&job, waiter, result, Instant::now(), &self.busy, &self.dedup);
+            complete(
+                &job,
+                waiter,
+                result,
+                Instant::now(),
+                &self.busy,
+                &self.dedup,
+            );
         }
     }
 

@@ -187,10 +187,9 @@ impl Hub {
     ) -> Arc<Hub> {
         let persister = settings.state_file.as_ref().map(|path| {
             match kept.load(path) {
-                Ok(n) => crate::log_info!(
-                    "late: {n} kept answer list(s) read from {}",
-                    path.display()
-                ),
+                Ok(n) => {
+                    crate::log_info!("late: {n} kept answer list(s) read from {}", path.display())
+                }
                 Err(e) => crate::log_warn!(
                     "late: cannot read {} ({e}); starting with no kept answers",
                     path.display()
@@ -272,7 +271,11 @@ impl Hub {
         };
         let claimed = self
             .store
-            .put_new(&state::key(account, "late-call", &late.message), b"1", call_ttl)
+            .put_new(
+                &state::key(account, "late-call", &late.message),
+                b"1",
+                call_ttl,
+            )
             .unwrap_or(true);
         let running_key = state::key(account, "late-run", &job.to_user);
         let other_running = match self.store.get(&running_key) {
@@ -300,7 +303,13 @@ impl Hub {
             false
         };
         // 3. An answer kept for this user.
-        if let Some((xml, more)) = self.take_kept(&user_key, &job.to_user, &job.from_user, &job.limits, &late.more_hint) {
+        if let Some((xml, more)) = self.take_kept(
+            &user_key,
+            &job.to_user,
+            &job.from_user,
+            &job.limits,
+            &late.more_hint,
+        ) {
             let _ = self.store.put(&done_key, &xml, DONE_TTL);
             crate::log_info!(
                 "late account={} rule={} result=delivered-kept more={} user={:08x}",
@@ -361,7 +370,12 @@ impl Hub {
     }
 
     /// The backend call of `job` ended (the slot is already free).
-    pub(in crate::forward) fn finished(&self, job: &Job, result: Result<OwnedReply, String>, ms: u128) {
+    pub(in crate::forward) fn finished(
+        &self,
+        job: &Job,
+        result: Result<OwnedReply, String>,
+        ms: u128,
+    ) {
         let Some(late) = job.late.as_deref() else {
             return;
         };
@@ -437,7 +451,12 @@ impl Hub {
             if !rest.is_empty() && late.mode == super::Mode::NextMessage {
                 append_hint(&mut reply, &late.more_hint);
             }
-            let xml = render_to(&template.to_user, &template.from_user, &template.limits, &reply);
+            let xml = render_to(
+                &template.to_user,
+                &template.from_user,
+                &template.limits,
+                &reply,
+            );
             let _ = self.store.put(
                 &state::key(account, "late-done", &template.message),
                 xml.as_deref().unwrap_or(b""),
@@ -581,9 +600,13 @@ impl Hub {
         };
         if live.last {
             // Another instance (or a race) may have kept the answer meanwhile.
-            if let Some((xml, _)) =
-                self.take_kept(user_key, &live.to_user, &live.from_user, &live.limits, &live.hint)
-            {
+            if let Some((xml, _)) = self.take_kept(
+                user_key,
+                &live.to_user,
+                &live.from_user,
+                &live.limits,
+                &live.hint,
+            ) {
                 let done = state::key(&live.account, "late-done", &live.message);
                 let _ = self.store.put(&done, &xml, DONE_TTL);
                 live.waiter.answer(Some(&xml));
@@ -641,7 +664,6 @@ impl Hub {
     fn lock_waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Live>>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
-
 }
 
 fn push_thread(rx: &Receiver<Push>, hub: &Weak<Hub>) {
@@ -743,7 +765,9 @@ fn to_item(reply: &OwnedReply) -> Option<Vec<u8>> {
             media_id,
             title,
             description,
-        } => json!({ "type": "video", "msg": media_id, "title": title, "description": description }),
+        } => {
+            json!({ "type": "video", "msg": media_id, "title": title, "description": description })
+        }
         OwnedReply::Music {
             title,
             description,
