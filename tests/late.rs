@@ -75,7 +75,8 @@ fn serve_one(mut conn: TcpStream, handler: &Handler) {
 
 // ---------------------------------------------------------------------------------------------
 // The business backend (go-wx-gateway protocol), by the message's Content:
-//   "slow …" answers after 20 s, "mid …" after 2.5 s: "answer to: <content>";
+//   "slow …" answers after 20 s, "wait …" after 4.5 s, "mid …" after 2.5 s:
+//   "answer to: <content>";
 //   "long" answers LONG_TEXT (5,000 bytes) at once; "more" answers {"type":"none"};
 //   anything else "echo: <content>" at once.
 
@@ -98,6 +99,9 @@ impl Backend {
             c.lock().unwrap().push((content.clone(), from));
             let answer = if content.starts_with("slow") {
                 std::thread::sleep(Duration::from_secs(20));
+                serde_json::json!({"type": "text", "msg": format!("answer to: {content}")})
+            } else if content.starts_with("wait") {
+                std::thread::sleep(Duration::from_millis(4500));
                 serde_json::json!({"type": "text", "msg": format!("answer to: {content}")})
             } else if content.starts_with("mid") {
                 std::thread::sleep(Duration::from_millis(2500));
@@ -614,4 +618,91 @@ fn kept_answers_survive_a_restart() {
         r.stderr()
     );
     assert!(r.stderr().contains("kept answer list(s) read from"));
+}
+
+/// With `idle_exit`, a process whose only work is a late answer still being computed does not
+/// exit before the answer is kept and saved; the next process (socket activation) delivers it.
+#[test]
+fn idle_exit_waits_for_the_late_answer_and_the_next_process_delivers_it() {
+    let _w = watchdog("late_idle_exit", Duration::from_secs(90));
+    let backend = Backend::start();
+    let dir = TempDir::new("late-idle");
+    let held = HeldSocket::bind(&dir);
+    let file = dir.join("late-answers");
+    let top = format!("idle_exit = 1\nstate_file = \"{}\"", file.display());
+    let config = dir.join("c.toml");
+    std::fs::write(&config, self::config(600, "next_message", &backend, &top)).unwrap();
+    let nginx = Nginx::start(&held.path, false);
+    let wait = Duration::from_millis(600);
+
+    let mut p = spawn_on(&held, &config, &dir.join("p0.log"));
+    let got = wechat(nginx.port, &text("oGil", "wait idle", next_id()), wait);
+    assert_eq!(
+        got,
+        Some((3, Some(PENDING_NEXT.to_string()))),
+        "{}",
+        p.stderr()
+    );
+    // The last waiting request is let go at 2.2 s, so the process is idle for a second at
+    // 3.2 s; the answer only comes at 4.5 s.
+    let st = p
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits when idle");
+    assert!(st.success(), "{st:?}\n{}", p.stderr());
+    let log = p.stderr();
+    let kept = log
+        .find("result=kept")
+        .expect("the answer was kept before exiting");
+    let exit = log.find("idle for 1s: exiting").expect("idle exit");
+    assert!(kept < exit, "{log}");
+    assert!(file.exists());
+
+    let port = nginx.port;
+    let body = text("oGil", "hello again", next_id());
+    let client = std::thread::spawn(move || wechat(port, &body, Duration::from_secs(5)));
+    assert!(
+        held.pending(Duration::from_secs(10)),
+        "no pending connection"
+    );
+    let mut next = spawn_on(&held, &config, &dir.join("p1.log"));
+    assert_eq!(
+        client.join().unwrap(),
+        Some((1, Some("answer to: wait idle".to_string()))),
+        "{}",
+        next.stderr()
+    );
+    assert!(next.wait_exit(Duration::from_secs(15)).is_some());
+}
+
+/// `exec` rules are late-capable too: a program slower than WeChat's attempts.
+#[test]
+fn slow_exec_program_answers_late() {
+    let r = Responder::start(&format!(
+        r#"wechat_attempt_ms = 600
+
+[[account]]
+name = "bot"
+path = "/weixin"
+token = "{TOKEN}"
+
+[[account.rule]]
+name = "script"
+msg_type = "text"
+reply = {{ type = "exec", command = ["/bin/sh", "-c", "sleep 2; echo \"done: $WX_Content\""], late = "next_message", late_timeout_ms = 10000 }}
+"#
+    ));
+    let nginx = Nginx::start(&r.socket, true);
+    let wait = Duration::from_millis(600);
+    let got = wechat(nginx.port, &text("oHal", "job", next_id()), wait);
+    assert_eq!(
+        got,
+        Some((3, Some(PENDING_NEXT.to_string()))),
+        "{}",
+        r.stderr()
+    );
+    assert!(wait_for(Duration::from_secs(5), || r
+        .stderr()
+        .contains("result=kept")));
+    let got = wechat(nginx.port, &text("oHal", "next", next_id()), wait);
+    assert_eq!(got, Some((1, Some("done: job".to_string()))));
 }
