@@ -2079,6 +2079,201 @@ previous_aes_key = "S3cretKeyabcdefghijklmnopqrstuvwxyz01234567"
         }
     }
 
+    /// One account with one rule whose reply is `reply` (and `top`, `account_extra`).
+    fn late_config(top: &str, account_extra: &str, reply: &str) -> String {
+        format!(
+            "{top}\n[[account]]\npath = \"/w\"\ntoken = \"t\"\n{account_extra}\n\
+             [[account.rule]]\nname = \"bot\"\nreply = {reply}\n"
+        )
+    }
+
+    fn late_of(c: &Config) -> &crate::forward::late::Late {
+        match &c.accounts[0].rules[0].action {
+            Action::Forward(f) => f.late.as_ref().expect("late"),
+            _ => panic!("not a forward rule"),
+        }
+    }
+
+    #[test]
+    fn late_keys_and_their_defaults() {
+        use crate::forward::late::{self, Mode};
+        let c = Config::parse(
+            &late_config(
+                "",
+                "",
+                r#"{ type = "forward", url = "http://127.0.0.1:9/x", late = "next_message" }"#,
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let l = late_of(&c);
+        assert_eq!(l.mode, Mode::NextMessage);
+        assert_eq!(l.text_max_bytes(c.text_max_bytes), 2048);
+        assert_eq!(l.more_hint, late::DEFAULT_MORE_HINT);
+        let ReplyTemplate::Text { content } = &l.pending else {
+            panic!("pending is text")
+        };
+        assert_eq!(
+            content.to_string(),
+            late::default_pending(Mode::NextMessage)
+        );
+        let Action::Forward(f) = &c.accounts[0].rules[0].action else {
+            unreachable!()
+        };
+        assert_eq!(
+            f.timeout,
+            Duration::from_millis(60_000),
+            "late_timeout_ms default"
+        );
+        assert_eq!(c.late, late::Settings::default());
+        assert_eq!(c.api_base, "https://api.weixin.qq.com");
+
+        let c = Config::parse(
+            &late_config(
+                "api_base = \"http://127.0.0.1:9/\"\nlate_keep_hours = 24\nlate_max_answers = 50\n\
+                 late_max_bytes = 65536\nwechat_attempt_ms = 1000\nstate_file = \"/var/lib/x/late\"",
+                "app_id = \"wx1\"\napp_secret = \"S3cret\"",
+                r#"{ type = "exec", command = ["/bin/true"], late = "customer_service", late_timeout_ms = 30000,
+                     pending = { type = "image", media_id = "M" }, text_max_bytes = 1000, more_hint = "…" }"#,
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let l = late_of(&c);
+        assert_eq!(l.mode, Mode::CustomerService);
+        assert_eq!(l.text_max_bytes(c.text_max_bytes), 1000);
+        assert_eq!(l.more_hint, "…");
+        assert!(matches!(l.pending, ReplyTemplate::Image { .. }));
+        assert_eq!(c.api_base, "http://127.0.0.1:9");
+        assert_eq!(c.late.keep, Duration::from_secs(24 * 3600));
+        assert_eq!((c.late.max_parts, c.late.max_bytes), (50, 65536));
+        assert_eq!(c.late.attempt, Duration::from_millis(1000));
+        assert_eq!(
+            c.late.state_file.as_deref(),
+            Some(Path::new("/var/lib/x/late"))
+        );
+        // The old name still works.
+        let c = Config::parse(
+            &late_config(
+                "oauth_api_base = \"http://10.0.0.1\"",
+                "",
+                r#"{ type = "none" }"#,
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.api_base, "http://10.0.0.1");
+        // `pending` as a plain string is a text template.
+        let c = Config::parse(
+            &late_config(
+                "",
+                "",
+                r#"{ type = "forward", url = "http://127.0.0.1:9", late = "next_message", pending = "wait, {Content}" }"#,
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        assert!(
+            matches!(&late_of(&c).pending, ReplyTemplate::Text { content } if content.to_string() == "wait, {Content}")
+        );
+    }
+
+    #[test]
+    fn late_errors_name_the_key() {
+        let fwd =
+            |extra: &str| format!(r#"{{ type = "forward", url = "http://127.0.0.1:9"{extra} }}"#);
+        let cases: &[(String, String, &str, &str)] = &[
+            (
+                String::new(),
+                fwd(r#", late = "later""#),
+                "account[0].rule[0].reply.late",
+                "must be one of",
+            ),
+            (
+                String::new(),
+                fwd(r#", pending = "x""#),
+                "account[0].rule[0].reply.pending",
+                "only applies with late",
+            ),
+            (
+                String::new(),
+                fwd(r#", late = "next_message", timeout_ms = 4500"#),
+                "account[0].rule[0].reply.timeout_ms",
+                "with late, the call runs up to late_timeout_ms",
+            ),
+            (
+                String::new(),
+                fwd(r#", late = "next_message", late_timeout_ms = 999"#),
+                "account[0].rule[0].reply.late_timeout_ms",
+                "must be between 1000 and 600000",
+            ),
+            (
+                String::new(),
+                fwd(r#", late = "next_message", pending = { type = "none" }"#),
+                "account[0].rule[0].reply.pending",
+                "must be a reply",
+            ),
+            (
+                String::new(),
+                fwd(r#", late = "next_message", more_hint = "x", text_max_bytes = 63"#),
+                "account[0].rule[0].reply.text_max_bytes",
+                "must be between 64",
+            ),
+            (
+                String::new(),
+                fwd(r#", late = "customer_service""#),
+                "account[0].rule[0].reply.late",
+                "late = \"customer_service\" needs the account's app_id and app_secret",
+            ),
+            (
+                "api_base = \"http://127.0.0.1\"\noauth_api_base = \"http://127.0.0.1\"".into(),
+                r#"{ type = "none" }"#.into(),
+                "oauth_api_base",
+                "oauth_api_base is the old name of api_base",
+            ),
+            (
+                "wechat_attempt_ms = 9000".into(),
+                r#"{ type = "none" }"#.into(),
+                "wechat_attempt_ms",
+                "must be between 300 and 5000",
+            ),
+        ];
+        for (top, reply, key, message) in cases {
+            let e = Config::parse(&late_config(top, "", reply), "t.toml").unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(*key), "{e}");
+            assert!(e.message.starts_with(message), "{e}");
+            assert!(e.line.is_some(), "{e}");
+        }
+        // A long hint: at most half of the split size.
+        let e = Config::parse(
+            &late_config(
+                "",
+                "",
+                &fwd(&format!(
+                    r#", late = "next_message", text_max_bytes = 100, more_hint = "{}""#,
+                    "x".repeat(60)
+                )),
+            ),
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("account[0].rule[0].reply.more_hint"));
+        // customer_service over https needs TLS (this test build has none, unless --features tls).
+        let r = Config::parse(
+            &late_config(
+                "",
+                "app_id = \"wx1\"\napp_secret = \"S3cret\"",
+                &fwd(r#", late = "customer_service""#),
+            ),
+            "t.toml",
+        );
+        assert_eq!(r.is_ok(), cfg!(feature = "tls"), "{r:?}");
+        if let Err(e) = r {
+            assert!(e.message.contains("no TLS"), "{e}");
+            assert!(!e.to_string().contains("S3cret"));
+        }
+    }
+
     #[test]
     fn error_display_is_one_line() {
         let e = Config::parse("[[account]]\npath = \"/w\"\n", "weixin-fcgi.toml").unwrap_err();
