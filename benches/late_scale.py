@@ -246,8 +246,8 @@ def main():
 
         sock = os.path.join(work, "wx.sock")
         timeout_ms = int((a.delay + 10) * 1000)
-        late = "" if a.mode == "off" else f', late = "{a.mode}", late_timeout_ms = {timeout_ms}'
-        fwd_timeout = timeout_ms if a.mode == "off" else 4500
+        # off: the call outlives WeChat's attempts through timeout_ms, as before late existed.
+        late = f"timeout_ms = {timeout_ms}" if a.mode == "off" else f'late = "{a.mode}", late_timeout_ms = {timeout_ms}'
         conf = f"""
 forward_slots = {a.calls}
 max_conns = 1024
@@ -267,7 +267,7 @@ reply = {{ type = "text", content = "static answer" }}
 [[account.rule]]
 name = "slow"
 msg_type = "text"
-reply = {{ type = "forward", url = "http://127.0.0.1:{bport}/wx", timeout_ms = {fwd_timeout}{late} }}
+reply = {{ type = "forward", url = "http://127.0.0.1:{bport}/wx", {late} }}
 """
         with open(os.path.join(work, "wx.toml"), "w") as f:
             f.write(conf)
