@@ -359,14 +359,12 @@ impl Forwarder {
                 waiter,
             );
         }
-        if let Err(e) = self.send_task(Task::Message {
+        if let Err(task) = self.send_task(Task::Message {
             job: Box::new(job),
             waiter,
         }) {
             // Cannot happen while busy <= slots; answer rather than drop.
-            let (std::sync::mpsc::TrySendError::Full(task)
-            | std::sync::mpsc::TrySendError::Disconnected(task)) = e;
-            let Task::Message { job, waiter } = task else {
+            let Task::Message { job, waiter } = *task else {
                 return;
             };
             let result = Ok(Err("forward queue full".to_string()));
@@ -427,11 +425,9 @@ impl Forwarder {
             pending.finish(|r| r.plain(503, "busy, try again\n"));
             return;
         }
-        if let Err(e) = self.send_task(Task::OAuth { job, pending }) {
+        if let Err(task) = self.send_task(Task::OAuth { job, pending }) {
             self.busy.fetch_sub(1, Ordering::AcqRel);
-            let (std::sync::mpsc::TrySendError::Full(task)
-            | std::sync::mpsc::TrySendError::Disconnected(task)) = e;
-            if let Task::OAuth { pending, .. } = task {
+            if let Task::OAuth { pending, .. } = *task {
                 pending.finish(|r| r.plain(503, "busy, try again\n"));
             }
         }
@@ -439,7 +435,8 @@ impl Forwarder {
 
     /// Queues `task` for a pool thread, starting one when every started thread is busy.
     /// Idle threads stay for later tasks: a thread costs its stack only when used.
-    fn send_task(&self, task: Task) -> Result<(), std::sync::mpsc::TrySendError<Task>> {
+    /// Gives the task back when the queue is full or gone.
+    fn send_task(&self, task: Task) -> Result<(), Box<Task>> {
         let pool = self.pool.get_or_init(|| {
             let (tx, rx) = sync_channel::<Task>(self.settings.slots);
             Pool {
@@ -450,7 +447,13 @@ impl Forwarder {
                 queued: Arc::new(AtomicUsize::new(0)),
             }
         });
-        pool.tx.try_send(task)?;
+        if let Err(
+            std::sync::mpsc::TrySendError::Full(task)
+            | std::sync::mpsc::TrySendError::Disconnected(task),
+        ) = pool.tx.try_send(task)
+        {
+            return Err(Box::new(task));
+        }
         let queued = pool.queued.fetch_add(1, Ordering::AcqRel) + 1;
         let threads = pool.threads.load(Ordering::Acquire);
         if queued > pool.idle.load(Ordering::Acquire) && threads < self.settings.slots {

@@ -73,6 +73,9 @@ pub struct LateJob {
     fallback: Option<OwnedReply>,
     /// `app_id` and `app_secret`, for `customer_service`.
     credentials: Option<(String, String)>,
+    /// An event (subscribe, CLICK, unsubscribe, …): never answered with a kept answer, since
+    /// WeChat does not show a reply to every event.
+    is_event: bool,
     /// The hub that completes the job (set when it is submitted).
     pub(in crate::forward) hub: Option<Arc<Hub>>,
 }
@@ -117,6 +120,7 @@ impl LateJob {
             more_hint: settings.more_hint.clone(),
             fallback,
             credentials,
+            is_event: msg.is_event(),
             hub: None,
         }
     }
@@ -174,6 +178,8 @@ pub struct Hub {
     next_id: AtomicU64,
     /// This hub, for the threads it starts.
     me: Weak<Hub>,
+    /// Answers dropped at the bounds: one warning a minute.
+    full_warning: RateLimited,
 }
 
 impl Hub {
@@ -199,6 +205,7 @@ impl Hub {
         });
         let hub = Arc::new_cyclic(|me| Hub {
             me: me.clone(),
+            full_warning: RateLimited::default(),
             ledger: Mutex::new(ledger_of(&kept)),
             settings,
             api_base: api_base.to_string(),
@@ -303,13 +310,18 @@ impl Hub {
             false
         };
         // 3. An answer kept for this user.
-        if let Some((xml, more)) = self.take_kept(
-            &user_key,
-            &job.to_user,
-            &job.from_user,
-            &job.limits,
-            &late.more_hint,
-        ) {
+        let kept = if late.is_event {
+            None
+        } else {
+            self.take_kept(
+                &user_key,
+                &job.to_user,
+                &job.from_user,
+                &job.limits,
+                &late.more_hint,
+            )
+        };
+        if let Some((xml, more)) = kept {
             let _ = self.store.put(&done_key, &xml, DONE_TTL);
             crate::log_info!(
                 "late account={} rule={} result=delivered-kept more={} user={:08x}",
@@ -509,21 +521,25 @@ impl Hub {
                 }
             }
             if n + items.len() > self.settings.max_parts || b + bytes > self.settings.max_bytes {
-                crate::log_warn!(
-                    "late account={account} rule={rule} result=dropped reason=\"kept answers of this account at their bound (late_max_answers {}, late_max_bytes {}): {} part(s) not kept\" user={:08x}",
-                    self.settings.max_parts,
-                    self.settings.max_bytes,
-                    items.len(),
-                    short(to_user)
-                );
+                if let Some(left_out) = self.full_warning.allow() {
+                    crate::log_warn!(
+                        "late account={account} rule={rule} result=dropped reason=\"kept answers of this account at their bound (late_max_answers {}, late_max_bytes {}): {} part(s) not kept\" user={:08x} similar_warnings_left_out={left_out}",
+                        self.settings.max_parts,
+                        self.settings.max_bytes,
+                        items.len(),
+                        short(to_user)
+                    );
+                }
                 return;
             }
             let refs: Vec<&[u8]> = items.iter().map(Vec::as_slice).collect();
             if let Err(e) = self.kept.push(&user_key, &refs, self.settings.keep) {
-                crate::log_warn!(
-                    "late account={account} rule={rule} result=dropped reason=\"{e}\" user={:08x}",
-                    short(to_user)
-                );
+                if let Some(left_out) = self.full_warning.allow() {
+                    crate::log_warn!(
+                        "late account={account} rule={rule} result=dropped reason=\"{e}\" user={:08x} similar_warnings_left_out={left_out}",
+                        short(to_user)
+                    );
+                }
                 return;
             }
             let entry = ledger.entry(user_key).or_insert(Kept {
@@ -829,6 +845,31 @@ fn ledger_of(kept: &MemoryStore) -> HashMap<String, Kept> {
     ledger
 }
 
+/// One warning a minute for a repeated condition, with how many were left out.
+#[derive(Default)]
+pub(super) struct RateLimited {
+    next: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl RateLimited {
+    /// `Some(left out since the last one)` when a warning may be written now.
+    pub(super) fn allow(&self) -> Option<u64> {
+        let now = crate::app::now();
+        let next = self.next.load(Ordering::Acquire);
+        if now >= next
+            && self
+                .next
+                .compare_exchange(next, now + 60, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            return Some(self.dropped.swap(0, Ordering::AcqRel));
+        }
+        self.dropped.fetch_add(1, Ordering::AcqRel);
+        None
+    }
+}
+
 /// A short id of an OpenID for logs (the OpenID itself is personal data).
 fn short(openid: &str) -> u32 {
     openid.bytes().fold(0x811c_9dc5u32, |h, b| {
@@ -889,5 +930,99 @@ fn timer_thread(hub: &Weak<Hub>) {
         if let Some((_, id, user_key)) = due {
             h.expire(&user_key, id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_items_read_back_as_the_same_answer() {
+        let answers = [
+            OwnedReply::Text("你好 ]]> \"x\"".into()),
+            OwnedReply::Image("M1".into()),
+            OwnedReply::Voice("V1".into()),
+            OwnedReply::Video {
+                media_id: "m".into(),
+                title: "t".into(),
+                description: "d".into(),
+            },
+            OwnedReply::Music {
+                title: "t".into(),
+                description: "d".into(),
+                music_url: "u".into(),
+                hq_music_url: "h".into(),
+                thumb_media_id: "th".into(),
+            },
+            OwnedReply::News(vec![["t".into(), "d".into(), "p".into(), "u".into()]]),
+        ];
+        for a in answers {
+            let item = to_item(&a).expect("item");
+            assert_eq!(backend::parse_answer(&item), Ok(a));
+        }
+        assert_eq!(to_item(&OwnedReply::None), None);
+    }
+
+    #[test]
+    fn customer_service_messages_follow_the_api() {
+        let m: Value =
+            serde_json::from_slice(&custom_message("oU", &OwnedReply::Text("hi".into())).unwrap())
+                .unwrap();
+        assert_eq!(
+            m,
+            json!({"touser": "oU", "msgtype": "text", "text": {"content": "hi"}})
+        );
+        let m: Value = serde_json::from_slice(
+            &custom_message(
+                "oU",
+                &OwnedReply::News(vec![
+                    ["t".into(), "d".into(), "p".into(), "u".into()],
+                    ["t2".into(), "d2".into(), "p2".into(), "u2".into()],
+                ]),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            json!({"touser": "oU", "msgtype": "news", "news": {"articles": [
+                {"title": "t", "description": "d", "url": "u", "picurl": "p"}]}})
+        );
+        assert_eq!(custom_message("oU", &OwnedReply::None), None);
+    }
+
+    #[test]
+    fn long_text_leaves_room_for_the_hint() {
+        let text = "字".repeat(2000); // 6000 bytes
+        let hint = "\n（回复任意消息查看后续）";
+        let parts = split_answer(OwnedReply::Text(text.clone()), 2048, hint);
+        assert!(parts.len() >= 3);
+        let mut joined = String::new();
+        for p in &parts {
+            let OwnedReply::Text(t) = p else { panic!() };
+            assert!(t.len() + hint.len() <= 2048);
+            joined.push_str(t);
+        }
+        assert_eq!(joined, text);
+        // Short text and other types: one part, unchanged.
+        assert_eq!(
+            split_answer(OwnedReply::Text("hi".into()), 2048, hint),
+            [OwnedReply::Text("hi".into())]
+        );
+        assert_eq!(
+            split_answer(OwnedReply::Image("M".into()), 10, hint),
+            [OwnedReply::Image("M".into())]
+        );
+    }
+
+    #[test]
+    fn warnings_are_rate_limited() {
+        let r = RateLimited::default();
+        assert_eq!(r.allow(), Some(0));
+        assert_eq!(r.allow(), None);
+        assert_eq!(r.allow(), None);
+        r.next.store(0, Ordering::Release);
+        assert_eq!(r.allow(), Some(2));
     }
 }

@@ -24,6 +24,8 @@ struct Shared {
     saving: Mutex<()>,
     wake: Condvar,
     nap: Mutex<()>,
+    /// A failing disk: one error a minute.
+    failing: super::hub::RateLimited,
 }
 
 impl Persister {
@@ -36,6 +38,7 @@ impl Persister {
             saving: Mutex::new(()),
             wake: Condvar::new(),
             nap: Mutex::new(()),
+            failing: super::hub::RateLimited::default(),
         });
         let weak = Arc::downgrade(&shared);
         let started = std::thread::Builder::new()
@@ -76,10 +79,12 @@ impl Shared {
     fn save(&self) {
         let _one = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = self.store.save(KEY_PREFIX, &self.path) {
-            crate::log_error!(
-                "late: cannot write the state file {}: {e} (kept answers would not survive a restart)",
-                self.path.display()
-            );
+            if let Some(left_out) = self.failing.allow() {
+                crate::log_error!(
+                    "late: cannot write the state file {}: {e} (kept answers would not survive a restart) similar_errors_left_out={left_out}",
+                    self.path.display()
+                );
+            }
         }
     }
 }
