@@ -50,8 +50,8 @@ const RELEASE_AFTER: Duration = Duration::from_millis(1000);
 const ATTEMPTS: usize = 3;
 /// Requests of one user waiting at once; more are answered `pending` at once.
 const MAX_WAITING_PER_USER: usize = 8;
-/// How long a reply given to a message is kept for its retries.
-const DONE_TTL: Duration = Duration::from_secs(60);
+/// How long a reply given to a message is kept for its retries (which come within 3 × 5 s).
+const DONE_TTL: Duration = Duration::from_secs(20);
 /// Customer-service pushes queued at once; more are kept instead.
 const PUSH_QUEUE: usize = 256;
 /// Timeout of one WeChat API exchange.
@@ -271,7 +271,8 @@ impl Hub {
         }
         // 2. Which attempt is this, and is it the first (the one that calls the backend)?
         let tries_key = state::key(account, "late-try", &late.message);
-        let call_ttl = job.forward.timeout + self.settings.attempt * 4;
+        // Retries come within WeChat's three attempts: claims and counts need not outlive them.
+        let call_ttl = self.settings.attempt * 4;
         let attempt = match self.store.push(&tries_key, &[b"."], call_ttl) {
             Ok(()) => self.store.list_len(&tries_key).unwrap_or(1),
             Err(_) => 1,
