@@ -394,11 +394,9 @@ fn slow_answer_pending_on_the_last_attempt_then_delivered_on_the_next_message() 
         "the third attempt gets pending; log:\n{}",
         r.stderr()
     );
-    // Attempts 1 and 2 took 5 s each; the third was answered ~0.5 s before WeChat's 5 s.
-    assert!(
-        elapsed >= Duration::from_millis(14_000) && elapsed < Duration::from_millis(15_000),
-        "{elapsed:?}"
-    );
+    // Attempts 1 and 2 went unanswered for their 5 s each; the third was answered within its
+    // 5 s (else `attempt` would have given up on it): 0.5 s before WeChat would have.
+    assert!(elapsed >= Duration::from_millis(14_000), "{elapsed:?}");
     assert_eq!(
         backend.calls_for("slow question"),
         1,
