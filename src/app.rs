@@ -6,20 +6,17 @@
 //! The transport answers 413 for bodies over `max_body` before this runs.
 
 use crate::config::{Account, Config};
-use crate::fastcgi::{Handler, Outcome, Request, Response};
+use crate::fastcgi::{Handler, Outcome, Pending, Request, Response};
 use crate::forward::{self, Forwarder};
 use crate::query;
 use crate::rules::{self, Action};
 use crate::wechat::crypto::{self, AesKey};
 use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Envelope, Limits};
-use crate::wechat::signature;
+use crate::wechat::{Sealer, TEXT, XML, signature, unix_time};
 use std::cell::RefCell;
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
-const XML: &str = "application/xml; charset=utf-8";
-const TEXT: &str = "text/plain; charset=utf-8";
+use std::time::Instant;
 
 /// The WeChat callback application. The config can be swapped atomically (SIGHUP): each
 /// request takes one snapshot and uses it throughout.
@@ -63,11 +60,7 @@ struct Outcomes<'a> {
 impl App {
     pub fn new(config: Config) -> App {
         App {
-            forwarder: Arc::new(Forwarder::new(
-                config.forward,
-                config.late.clone(),
-                &config.api_base,
-            )),
+            forwarder: Arc::new(Forwarder::new(config.forward, config.late.clone())),
             config: RwLock::new(Arc::new(config)),
         }
     }
@@ -126,15 +119,30 @@ impl Handler for App {
         }
         let forwarder = Arc::clone(&self.forwarder);
         match (log.deferred.take(), log.oauth.take()) {
-            (Some(job), _) => {
-                Outcome::Later(Box::new(move |pending| forwarder.submit(*job, pending)))
-            }
+            (Some(job), _) => Outcome::Later(Box::new(move |pending| {
+                forwarder.submit(*job, completion(pending))
+            })),
             (None, Some(job)) => Outcome::Later(Box::new(move |pending| {
-                forwarder.submit_oauth(*job, pending)
+                forwarder.submit_oauth(*job, completion(pending))
             })),
             (None, None) => Outcome::Done,
         }
     }
+}
+
+/// Sends a forwarded request's answer on its deferred FastCGI request. Dropped unanswered, the
+/// `Pending` answers 500 itself.
+fn completion(pending: Pending) -> forward::Complete {
+    Box::new(move |answer: forward::Answer| {
+        pending.finish(|response| {
+            response.set_status(answer.status);
+            response.set_content_type(answer.content_type);
+            for (name, value) in &answer.headers {
+                response.add_header(name, value);
+            }
+            response.body = answer.body;
+        })
+    })
 }
 
 fn or_dash(s: &str) -> &str {
@@ -257,14 +265,6 @@ fn refuse(response: &mut Response, status: u16, reason: &'static str) -> Result<
     Err(reason)
 }
 
-/// Seconds since the epoch, for CreateTime and the timestamp window.
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn timestamp_fresh(timestamp: &[u8], window: u64) -> bool {
     if window == 0 {
         return true;
@@ -275,7 +275,7 @@ fn timestamp_fresh(timestamp: &[u8], window: u64) -> bool {
     else {
         return false;
     };
-    now().abs_diff(ts) <= window
+    unix_time().abs_diff(ts) <= window
 }
 
 fn post_plain<'c>(
@@ -386,47 +386,25 @@ fn post_encrypted<'c>(
     }
 }
 
-/// What encrypts a reply for one account (borrowed: nothing is copied per request).
-pub(crate) struct Sealer<'a> {
-    pub token: &'a [u8],
-    pub key: &'a AesKey,
-    pub app_id: &'a str,
-}
-
-/// Appends `reply_xml` to the response — encrypted when `seal` is given — or the literal
-/// `success` when there is no reply. Returns false (and answers 500) when the reply cannot be
-/// encrypted, which only happens when the OS gives no randomness. Used by template replies and
-/// by forwarded ones alike.
-pub(crate) fn write_reply(
+/// Fills `response` with `reply_xml` — encrypted when `seal` is given — or `success` when
+/// there is no reply. Returns false (and answers 500) when the reply cannot be encrypted,
+/// which only happens when the OS gives no randomness.
+fn write_reply(
     reply_xml: Option<&[u8]>,
     seal: Option<&Sealer<'_>>,
     response: &mut Response,
 ) -> bool {
-    let Some(xml) = reply_xml else {
-        finish(response, false);
-        return true;
-    };
-    match seal {
-        None => response.body.extend_from_slice(xml),
-        Some(s) => {
-            let now = now();
-            if let Err(e) = crypto::render_encrypted_reply(
-                s.token,
-                s.key,
-                s.app_id,
-                xml,
-                now,
-                &mut response.body,
-            ) {
-                crate::log_error!("cannot encrypt the reply (no OS randomness?): {e}");
-                response.body.clear();
-                response.plain(500, "cannot encrypt the reply\n");
-                return false;
-            }
+    match crate::wechat::write_answer(reply_xml, seal, &mut response.body) {
+        Ok(content_type) => {
+            response.set_content_type(content_type);
+            true
+        }
+        Err(e) => {
+            crate::log_error!("cannot encrypt the reply (no OS randomness?): {e}");
+            response.plain(500, "cannot encrypt the reply\n");
+            false
         }
     }
-    response.set_content_type(XML);
-    true
 }
 
 /// Sets the content type for a rendered reply, or the literal `success` for no reply.
@@ -452,7 +430,7 @@ fn answer<'c>(
     log.user = short_hash(msg.from_user().as_bytes());
     log.kind.set(msg.msg_type());
     log.event.set(msg.event());
-    if crate::log::enabled(crate::config::LogLevel::Debug) {
+    if crate::logger::enabled(crate::logger::LogLevel::Debug) {
         crate::log_debug!(
             "message account={} from={} type={} event={} content={:?}",
             account.name,
@@ -480,7 +458,7 @@ fn answer<'c>(
             let envelope = Envelope {
                 to_user: msg.from_user(),
                 from_user: msg.to_user(),
-                create_time: now(),
+                create_time: unix_time(),
             };
             let limits = Limits {
                 text_max_bytes: config.text_max_bytes,
@@ -500,7 +478,7 @@ fn answer<'c>(
                 let envelope = Envelope {
                     to_user: msg.from_user(),
                     from_user: msg.to_user(),
-                    create_time: now(),
+                    create_time: unix_time(),
                 };
                 let mut xml = Vec::new();
                 template.render(msg, &envelope, &limits, text, &mut xml);
@@ -509,7 +487,7 @@ fn answer<'c>(
             let dedup = config.forward.dedup_seconds > 0;
             let mut job =
                 forward::Job::new(fw, &account.name, &rule.name, msg, limits, fallback, dedup);
-            job.with_late(msg, account, config.text_max_bytes);
+            job.with_late(msg, account, &config.api_base, config.text_max_bytes);
             log.deferred = Some(Box::new(job));
             log.outcome = "forward";
             false

@@ -8,7 +8,10 @@
 //! Unknown keys are errors everywhere except inside a rule's `fields`: a typo must not turn
 //! into a silently ignored setting.
 
-use crate::rules::{Action, ArticleTemplate, Conditions, ReplyTemplate, Rule, Template};
+use crate::logger::LogLevel;
+use crate::rules::{
+    Action, ArticleTemplate, Conditions, Forward, Late, ReplyTemplate, Rule, Target, Template,
+};
 use crate::wechat::crypto::AesKey;
 use std::ops::Range;
 use std::path::Path;
@@ -35,16 +38,60 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Log verbosity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub enum LogLevel {
-    Error,
-    Warn,
-    #[default]
-    Info,
-    /// Includes personal data (message text, OpenIDs).
-    Debug,
+/// Global settings (`forward_slots`, `dedup_seconds`, `dedup_entries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardSettings {
+    pub slots: usize,
+    /// 0 turns de-duplication off.
+    pub dedup_seconds: u64,
+    pub dedup_entries: usize,
 }
+
+impl Default for ForwardSettings {
+    fn default() -> Self {
+        ForwardSettings {
+            slots: 8,
+            dedup_seconds: 30,
+            dedup_entries: 4096,
+        }
+    }
+}
+
+/// Global settings of late answers (`forward::late`). Fixed at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateSettings {
+    /// `late_keep_hours`: how long a kept answer waits for the user (default 48, WeChat's
+    /// customer-service window).
+    pub keep: Duration,
+    /// `late_max_answers`: kept parts per account, at most (default 1000).
+    pub max_parts: usize,
+    /// `late_max_bytes`: bytes of kept parts per account, at most (default 1 MiB).
+    pub max_bytes: usize,
+    /// `wechat_attempt_ms`: how long WeChat waits for one attempt (5000; tests shorten it).
+    pub attempt: Duration,
+    /// `state_file`: where kept answers survive a restart (default
+    /// `$STATE_DIRECTORY/late-answers` under systemd, set by `main`; none otherwise).
+    pub state_file: Option<std::path::PathBuf>,
+}
+
+impl Default for LateSettings {
+    fn default() -> Self {
+        LateSettings {
+            keep: Duration::from_secs(48 * 3600),
+            max_parts: 1000,
+            max_bytes: 1 << 20,
+            attempt: Duration::from_millis(5000),
+            state_file: None,
+        }
+    }
+}
+
+/// Bounds of `late_timeout_ms`, and its default.
+const DEFAULT_LATE_TIMEOUT_MS: u64 = 60_000;
+const MIN_LATE_TIMEOUT_MS: u64 = 1_000;
+const MAX_LATE_TIMEOUT_MS: u64 = 600_000;
+/// Longest `more_hint`, in bytes.
+const MAX_MORE_HINT: usize = 256;
 
 /// Everything the process needs to serve.
 #[derive(Debug, Clone)]
@@ -74,16 +121,83 @@ pub struct Config {
     /// `forward_slots` (default 8, 1..=256), `dedup_seconds` (default 30, 0 = off, ..=3600),
     /// `dedup_entries` (default 4096, 16..=1048576): the forward pool and retry table. Fixed at
     /// start (a reload keeps the running pool).
-    pub forward: crate::forward::Settings,
+    pub forward: ForwardSettings,
     /// `api_base` (old name `oauth_api_base`, still accepted): the WeChat API for menu OAuth and
     /// customer-service messages (default `https://api.weixin.qq.com`; https needs the `tls`
     /// cargo feature).
     pub api_base: String,
     /// `late_keep_hours`, `late_max_answers`, `late_max_bytes`, `wechat_attempt_ms`,
-    /// `state_file`: late answers (see `forward::late`).
-    pub late: crate::forward::late::Settings,
+    /// `state_file`: late answers. Fixed at start.
+    pub late: LateSettings,
     /// `[[account]]` tables, in file order.
     pub accounts: Vec<Account>,
+}
+
+/// The settings a reload cannot change: the socket, the FastCGI worker pool and its caps, the
+/// forward pool and the late-answer store. Everything else (accounts, rules,
+/// `timestamp_window`, `text_max_bytes`, `log_level`, `idle_exit`, `api_base`) takes effect at
+/// a SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartSettings {
+    listen: Option<String>,
+    socket_mode: u32,
+    workers: usize,
+    max_conns: usize,
+    max_body: usize,
+    io_timeout: Duration,
+    forward: ForwardSettings,
+    late: LateSettings,
+}
+
+impl RestartSettings {
+    /// The config keys whose values differ between `self` (in force) and `new`.
+    pub fn changed_keys(&self, new: &RestartSettings) -> Vec<&'static str> {
+        let keys = [
+            ("listen", self.listen != new.listen),
+            ("socket_mode", self.socket_mode != new.socket_mode),
+            ("workers", self.workers != new.workers),
+            ("max_conns", self.max_conns != new.max_conns),
+            ("max_body", self.max_body != new.max_body),
+            ("io_timeout_ms", self.io_timeout != new.io_timeout),
+            ("forward_slots", self.forward.slots != new.forward.slots),
+            (
+                "dedup_seconds",
+                self.forward.dedup_seconds != new.forward.dedup_seconds,
+            ),
+            (
+                "dedup_entries",
+                self.forward.dedup_entries != new.forward.dedup_entries,
+            ),
+            ("late_keep_hours", self.late.keep != new.late.keep),
+            (
+                "late_max_answers",
+                self.late.max_parts != new.late.max_parts,
+            ),
+            ("late_max_bytes", self.late.max_bytes != new.late.max_bytes),
+            ("wechat_attempt_ms", self.late.attempt != new.late.attempt),
+            ("state_file", self.late.state_file != new.late.state_file),
+        ];
+        keys.iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(key, _)| *key)
+            .collect()
+    }
+}
+
+impl Config {
+    /// The settings of this config that only a restart changes.
+    pub fn restart_settings(&self) -> RestartSettings {
+        RestartSettings {
+            listen: self.listen.clone(),
+            socket_mode: self.socket_mode,
+            workers: self.workers,
+            max_conns: self.max_conns,
+            max_body: self.max_body,
+            io_timeout: self.io_timeout,
+            forward: self.forward,
+            late: self.late.clone(),
+        }
+    }
 }
 
 /// One Official Account.
@@ -222,9 +336,9 @@ impl Config {
             text_max_bytes: DEFAULT_TEXT_MAX_BYTES as usize,
             log_level: LogLevel::default(),
             idle_exit: 0,
-            forward: crate::forward::Settings::default(),
+            forward: ForwardSettings::default(),
             api_base: DEFAULT_API_BASE.to_string(),
-            late: crate::forward::late::Settings::default(),
+            late: LateSettings::default(),
             accounts: vec![Account {
                 name: "demo".to_string(),
                 path: "/weixin".to_string(),
@@ -599,8 +713,8 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         },
     };
     let idle_exit = top.uint("idle_exit", 0, 0, u64::MAX)?;
-    let defaults = crate::forward::Settings::default();
-    let forward = crate::forward::Settings {
+    let defaults = ForwardSettings::default();
+    let forward = ForwardSettings {
         slots: top.usize("forward_slots", defaults.slots as u64, 1, 256)?,
         dedup_seconds: top.uint("dedup_seconds", defaults.dedup_seconds, 0, 3600)?,
         dedup_entries: top.usize("dedup_entries", defaults.dedup_entries as u64, 16, 1 << 20)?,
@@ -625,8 +739,8 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
             s.trim_end_matches('/').to_string()
         }
     };
-    let late_defaults = crate::forward::late::Settings::default();
-    let late = crate::forward::late::Settings {
+    let late_defaults = LateSettings::default();
+    let late = LateSettings {
         keep: Duration::from_secs(3600 * top.uint("late_keep_hours", 48, 1, 24 * 30)?),
         max_parts: top.usize(
             "late_max_answers",
@@ -713,7 +827,7 @@ fn check_late_rules(
     api_base: &str,
     text_max_bytes: usize,
 ) -> Result<(), ConfigError> {
-    use crate::forward::late::Mode;
+    use crate::rules::LateMode as Mode;
     for (i, rule) in account.rules.iter().enumerate() {
         let Action::Forward(f) = &rule.action else {
             continue;
@@ -870,7 +984,7 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
     let menu_handler = match t.non_empty_str("menu_handler")? {
         None => None,
         Some((s, span)) => {
-            crate::forward::check_url(s).map_err(|m| t.err_at("menu_handler", &span, m))?;
+            check_url(s).map_err(|m| t.err_at("menu_handler", &span, m))?;
             Some(s.to_string())
         }
     };
@@ -1169,10 +1283,10 @@ const DEFAULT_EXEC_MAX_OUTPUT: u64 = 2048;
 /// fallback = { type = "text", content = "…" } }`.
 fn build_forward(t: &Table<'_>) -> Result<Action, ConfigError> {
     let (url, span) = t.required_str("url")?;
-    crate::forward::check_url(url).map_err(|m| t.err_at("url", &span, m))?;
+    check_url(url).map_err(|m| t.err_at("url", &span, m))?;
     forward_action(
         t,
-        crate::forward::Target::Http {
+        Target::Http {
             url: url.to_string(),
         },
     )
@@ -1203,14 +1317,14 @@ fn build_exec(t: &Table<'_>) -> Result<Action, ConfigError> {
     let max_output = t.usize("max_output", DEFAULT_EXEC_MAX_OUTPUT, 1, 1 << 20)?;
     forward_action(
         t,
-        crate::forward::Target::Exec {
+        Target::Exec {
             command,
             max_output,
         },
     )
 }
 
-fn forward_action(t: &Table<'_>, target: crate::forward::Target) -> Result<Action, ConfigError> {
+fn forward_action(t: &Table<'_>, target: Target) -> Result<Action, ConfigError> {
     let late = late_action(t)?;
     let timeout_ms = match &late {
         Some((_, ms)) => *ms,
@@ -1226,14 +1340,51 @@ fn forward_action(t: &Table<'_>, target: crate::forward::Target) -> Result<Actio
         Some(f) => Some(static_reply(t, &f, "fallback")?),
     }
     .flatten();
-    Ok(Action::Forward(std::sync::Arc::new(
-        crate::forward::Forward {
-            target,
-            timeout: Duration::from_millis(timeout_ms),
-            fallback,
-            late: late.map(|(l, _)| l),
-        },
-    )))
+    Ok(Action::Forward(std::sync::Arc::new(Forward {
+        target,
+        timeout: Duration::from_millis(timeout_ms),
+        fallback,
+        late: late.map(|(l, _)| l),
+    })))
+}
+
+/// Checks a forward base URL: `http://` to a loopback or private IP address (or
+/// `localhost`), with an optional port and path, no query or fragment.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err("must start with http:// (plain HTTP to a loopback or private address)".into());
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if url.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain a query, fragment, whitespace or control characters".into());
+    }
+    if authority.contains('@') {
+        return Err("must not contain user information".into());
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    let private = match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback() || ip.is_private(),
+        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00,
+        Err(_) => host == "localhost",
+    };
+    if private {
+        Ok(())
+    } else {
+        Err(format!(
+            "host {host:?} is not a loopback or private IP address (or localhost)"
+        ))
+    }
+}
+
+/// A `pending` given as a plain string: a text reply.
+fn text_template(text: &str) -> Result<ReplyTemplate, String> {
+    Template::parse(text)
+        .map(|content| ReplyTemplate::Text { content })
+        .map_err(|e| e.0)
 }
 
 /// A static reply table (`fallback`, `pending`); `None` for `type = "none"`.
@@ -1254,8 +1405,8 @@ fn static_reply(
 
 /// `late`, `late_timeout_ms`, `pending`, `text_max_bytes`, `more_hint` of a forward/exec rule,
 /// and the call's deadline in ms. `None` for `late = "off"` (the default).
-fn late_action(t: &Table<'_>) -> Result<Option<(crate::forward::late::Late, u64)>, ConfigError> {
-    use crate::forward::late::{self, Mode};
+fn late_action(t: &Table<'_>) -> Result<Option<(Late, u64)>, ConfigError> {
+    use crate::rules::LateMode as Mode;
     const LATE_KEYS: [&str; 4] = ["late_timeout_ms", "pending", "text_max_bytes", "more_hint"];
     let mode = match t.str("late")? {
         None | Some(("off", _)) => None,
@@ -1280,19 +1431,18 @@ fn late_action(t: &Table<'_>) -> Result<Option<(crate::forward::late::Late, u64)
     }
     let timeout_ms = t.uint(
         "late_timeout_ms",
-        late::DEFAULT_TIMEOUT_MS,
-        late::MIN_TIMEOUT_MS,
-        late::MAX_TIMEOUT_MS,
+        DEFAULT_LATE_TIMEOUT_MS,
+        MIN_LATE_TIMEOUT_MS,
+        MAX_LATE_TIMEOUT_MS,
     )?;
     let pending = match t.get("pending") {
-        None => late::text_template(late::default_pending(mode))
-            .map_err(|e| t.err_here("pending", e))?,
+        None => text_template(mode.default_pending()).map_err(|e| t.err_here("pending", e))?,
         Some(v) => match v.get_ref() {
             DeValue::String(text) => {
                 if text.is_empty() {
                     return Err(t.err_at("pending", &v.span(), "must not be empty"));
                 }
-                late::text_template(text)
+                text_template(text)
                     .map_err(|e| t.err_at("pending", &v.span(), format!("invalid template: {e}")))?
             }
             DeValue::Table(_) => {
@@ -1311,14 +1461,14 @@ fn late_action(t: &Table<'_>) -> Result<Option<(crate::forward::late::Late, u64)
     // 0 = the global text_max_bytes, filled in by the caller.
     let text_max_bytes = t.usize("text_max_bytes", 0, 64, MAX_TEXT_MAX_BYTES)?;
     let more_hint = match t.str("more_hint")? {
-        None => late::DEFAULT_MORE_HINT.to_string(),
-        Some((s, span)) if s.len() > late::MAX_MORE_HINT => {
-            let message = format!("must be at most {} bytes", late::MAX_MORE_HINT);
+        None => Late::DEFAULT_MORE_HINT.to_string(),
+        Some((s, span)) if s.len() > MAX_MORE_HINT => {
+            let message = format!("must be at most {MAX_MORE_HINT} bytes");
             return Err(t.err_at("more_hint", &span, message));
         }
         Some((s, _)) => s.to_string(),
     };
-    let late = late::Late {
+    let late = Late {
         mode,
         pending,
         text_max_bytes,
@@ -1330,6 +1480,56 @@ fn late_action(t: &Table<'_>) -> Result<Option<(crate::forward::late::Late, u64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_settings_name_exactly_what_changed() {
+        let base = "[[account]]\npath = \"/w\"\ntoken = \"tok123\"\n";
+        let old = Config::parse(base, "a.toml").expect("valid");
+        let same = Config::parse(
+            &format!("idle_exit = 5\nlog_level = \"debug\"\n{base}"),
+            "b.toml",
+        )
+        .expect("valid");
+        assert!(
+            old.restart_settings()
+                .changed_keys(&same.restart_settings())
+                .is_empty()
+        );
+        let new = Config::parse(
+            &format!("workers = 3\nio_timeout_ms = 100\ndedup_entries = 99\n{base}"),
+            "c.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            old.restart_settings().changed_keys(&new.restart_settings()),
+            ["workers", "io_timeout_ms", "dedup_entries"]
+        );
+    }
+
+    #[test]
+    fn urls() {
+        for ok in [
+            "http://127.0.0.1:8080/base",
+            "http://10.1.2.3/x",
+            "http://192.168.1.1:1",
+            "http://172.16.0.1/",
+            "http://[::1]:80/a",
+            "http://localhost:9000",
+        ] {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "https://127.0.0.1/",
+            "http://8.8.8.8/",
+            "http://example.com/",
+            "http://127.0.0.1/?q",
+            "http://u@127.0.0.1/",
+            "ftp://127.0.0.1/",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
+
     use crate::rules::{Action, ReplyTemplate};
 
     const FULL: &str = include_str!("../examples/full.toml");
@@ -2087,7 +2287,7 @@ previous_aes_key = "S3cretKeyabcdefghijklmnopqrstuvwxyz01234567"
         )
     }
 
-    fn late_of(c: &Config) -> &crate::forward::late::Late {
+    fn late_of(c: &Config) -> &crate::rules::Late {
         match &c.accounts[0].rules[0].action {
             Action::Forward(f) => f.late.as_ref().expect("late"),
             _ => panic!("not a forward rule"),
@@ -2096,7 +2296,7 @@ previous_aes_key = "S3cretKeyabcdefghijklmnopqrstuvwxyz01234567"
 
     #[test]
     fn late_keys_and_their_defaults() {
-        use crate::forward::late::{self, Mode};
+        use crate::rules::{Late, LateMode as Mode};
         let c = Config::parse(
             &late_config(
                 "",
@@ -2109,14 +2309,11 @@ previous_aes_key = "S3cretKeyabcdefghijklmnopqrstuvwxyz01234567"
         let l = late_of(&c);
         assert_eq!(l.mode, Mode::NextMessage);
         assert_eq!(l.text_max_bytes(c.text_max_bytes), 2048);
-        assert_eq!(l.more_hint, late::DEFAULT_MORE_HINT);
+        assert_eq!(l.more_hint, Late::DEFAULT_MORE_HINT);
         let ReplyTemplate::Text { content } = &l.pending else {
             panic!("pending is text")
         };
-        assert_eq!(
-            content.to_string(),
-            late::default_pending(Mode::NextMessage)
-        );
+        assert_eq!(content.to_string(), Mode::NextMessage.default_pending());
         let Action::Forward(f) = &c.accounts[0].rules[0].action else {
             unreachable!()
         };
@@ -2125,7 +2322,7 @@ previous_aes_key = "S3cretKeyabcdefghijklmnopqrstuvwxyz01234567"
             Duration::from_millis(60_000),
             "late_timeout_ms default"
         );
-        assert_eq!(c.late, late::Settings::default());
+        assert_eq!(c.late, LateSettings::default());
         assert_eq!(c.api_base, "https://api.weixin.qq.com");
 
         let c = Config::parse(

@@ -1,7 +1,7 @@
 //! `forward` and `exec` rules end to end: WeChat → real nginx → weixin-fcgi → a real HTTP
 //! backend on loopback speaking the go-wx-gateway protocol (started by the test) or a program.
 
-mod common;
+pub mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -3,7 +3,7 @@
 //! a local backend (20 s for some contents, 5,000-byte answers for others), and a local fake
 //! WeChat API (stable_token/token, custom/send; records calls; answers 40001/45015 on demand).
 
-mod common;
+pub mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -591,7 +591,7 @@ fn kept_answers_survive_a_restart() {
     let conf = config(600, "next_message", &backend, &top);
     let wait = Duration::from_millis(600);
     {
-        let r = Responder::start(&conf);
+        let mut r = Responder::start(&conf);
         let nginx = Nginx::start(&r.socket, true);
         let got = wechat(nginx.port, &text("oFay", "mid kept", next_id()), wait);
         assert_eq!(got, Some((3, Some(PENDING_NEXT.to_string()))));
@@ -604,7 +604,8 @@ fn kept_answers_survive_a_restart() {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         // Killed, not stopped: what was saved within the second must be enough.
-        r.signal("KILL");
+        let _ = r.child.kill();
+        let _ = r.child.wait();
     }
     let r = Responder::start(&conf);
     let nginx = Nginx::start(&r.socket, true);

@@ -11,15 +11,15 @@
 //! `https://` is not supported (no TLS client): send to nginx's plain-HTTP listener on
 //! loopback, or to the FastCGI socket directly.
 
-use super::{Args, now, random_digits, usage_error};
+use super::{Args, random_digits, usage_error};
 use crate::config::{Config, DEFAULT_DEMO_TOKEN, check_token};
 use crate::fastcgi::client::{self, Connection};
 use crate::wechat::crypto::{self, AesKey};
 use crate::wechat::message::Message;
 use crate::wechat::reply::write_cdata;
 use crate::wechat::signature::{sign, verify_msg};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use crate::wechat::unix_time;
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -181,7 +181,7 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
     let (kind, rest) = args.positional.split_first().ok_or_else(|| {
         usage("missing KIND: verify, text, image, voice, location, link, event or xml (see --help)")
     })?;
-    let timestamp = now().to_string();
+    let timestamp = unix_time().to_string();
     let nonce = random_digits(10).map_err(failed)?;
     let signature = sign_str(&[&creds.token, &timestamp, &nonce]);
     let from = args.value("--from").unwrap_or(DEFAULT_FROM);
@@ -201,7 +201,7 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
     let message = build_message(kind, rest, args, from, to_user)?;
     let mut query = format!(
         "signature={signature}&timestamp={timestamp}&nonce={nonce}&openid={}",
-        url_encode(from)
+        crate::query::encode(from)
     );
     let safe = match &creds.aes {
         Some(aes) if !args.has("--plain") => Some(aes),
@@ -366,19 +366,6 @@ fn sign_str(parts: &[&str]) -> String {
     String::from_utf8_lossy(&sign(&mut bytes)).into_owned()
 }
 
-/// Percent-encodes a query value (unreserved characters stay).
-fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The plaintext message XML for `kind`.
 fn build_message(
     kind: &str,
@@ -504,7 +491,11 @@ fn build_message(
     out.extend_from_slice(b"</ToUserName><FromUserName>");
     write_cdata(&mut out, from);
     out.extend_from_slice(
-        format!("</FromUserName><CreateTime>{}</CreateTime><MsgType>", now()).as_bytes(),
+        format!(
+            "</FromUserName><CreateTime>{}</CreateTime><MsgType>",
+            unix_time()
+        )
+        .as_bytes(),
     );
     write_cdata(&mut out, msg_type);
     out.extend_from_slice(b"</MsgType>");
@@ -568,8 +559,7 @@ fn exchange(
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`; handles Content-Length, chunked and
-/// close-delimited bodies.
+/// One HTTP request (ureq: no proxy, no redirects, the whole exchange under `timeout`).
 fn http(
     host_port: &str,
     method: &str,
@@ -577,89 +567,32 @@ fn http(
     body: &[u8],
     timeout: Duration,
 ) -> Result<Received, String> {
-    let mut s = TcpStream::connect(host_port).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let mut req = format!(
-        "{method} {uri} HTTP/1.1\r\nHost: {host_port}\r\nUser-Agent: weixin-fcgi-send\r\n\
-         Connection: close\r\n"
-    )
-    .into_bytes();
-    if method == "POST" {
-        req.extend_from_slice(
-            format!(
-                "Content-Type: text/xml\r\nContent-Length: {}\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        );
-    }
-    req.extend_from_slice(b"\r\n");
-    req.extend_from_slice(body);
-    s.write_all(&req)
-        .map_err(|e| format!("while sending: {e}"))?;
-    let mut raw = Vec::new();
-    s.take(MAX_REPLY as u64 + 64 * 1024)
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("while reading the response: {e}"))?;
-    parse_http(&raw)
-}
-
-fn parse_http(raw: &[u8]) -> Result<Received, String> {
-    let end = find(raw, b"\r\n\r\n").ok_or("response has no end of headers")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "response headers are not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .filter(|l| l.starts_with("HTTP/1."))
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or("not an HTTP/1.x status line")?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().map_err(|_| "bad Content-Length")?);
-        }
-    }
-    let rest = &raw[end + 4..];
-    let body = if chunked {
-        dechunk(rest).ok_or("bad chunked body")?
-    } else if let Some(n) = length {
-        rest.get(..n)
-            .ok_or("body shorter than Content-Length")?
-            .to_vec()
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .proxy(None)
+        .max_redirects(0)
+        .user_agent("weixin-fcgi-send")
+        .build()
+        .into();
+    let url = format!("http://{host_port}{uri}");
+    let sent = if method == "POST" {
+        agent
+            .post(&url)
+            .header("Content-Type", "text/xml")
+            .send(body)
     } else {
-        rest.to_vec()
+        agent.get(&url).call()
     };
+    let mut response = sent.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_REPLY as u64 + 64 * 1024)
+        .read_to_vec()
+        .map_err(|e| format!("while reading the response: {e}"))?;
     Ok(Received { status, body })
-}
-
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = find(b, b"\r\n")?;
-        let size_str = std::str::from_utf8(&b[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
-        b = b.get(line_end + 2..)?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn refused(got: &Received) -> Failure {
@@ -796,20 +729,8 @@ mod tests {
     }
 
     #[test]
-    fn parses_http_responses() {
-        let r = parse_http(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef").unwrap();
-        assert_eq!((r.status, &r.body[..]), (200, &b"abc"[..]));
-        let r = parse_http(
-            b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nno\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!((r.status, &r.body[..]), (403, &b"no"[..]));
-        assert!(parse_http(b"garbage").is_err());
-    }
-
-    #[test]
     fn encodes_query_values() {
-        assert_eq!(url_encode("o-test_user.1~"), "o-test_user.1~");
-        assert_eq!(url_encode("a b&c"), "a%20b%26c");
+        assert_eq!(crate::query::encode("o-test_user.1~"), "o-test_user.1~");
+        assert_eq!(crate::query::encode("a b&c"), "a%20b%26c");
     }
 }

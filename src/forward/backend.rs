@@ -13,33 +13,15 @@
 //! `music`/`news` may also sit in a `msg` object. Anything else is a failure.
 
 use crate::wechat::message::Node;
+use crate::wechat::reply::{Article, Reply};
 use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// Largest backend answer read; a longer one is a failure.
 pub const MAX_ANSWER: u64 = 64 * 1024;
 
-/// A reply from a backend or a program, owned (it crosses threads).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OwnedReply {
-    None,
-    Text(String),
-    Image(String),
-    Voice(String),
-    Video {
-        media_id: String,
-        title: String,
-        description: String,
-    },
-    Music {
-        title: String,
-        description: String,
-        music_url: String,
-        hq_music_url: String,
-        thumb_media_id: String,
-    },
-    News(Vec<[String; 4]>),
-}
+/// A reply from a backend or a program, owned (it crosses threads); `None` is no reply.
+pub type OwnedReply = Option<Reply<String>>;
 
 /// The URL path suffix for a message: `/msg/<MsgType>` or `/event/<Event>`, percent-encoded.
 pub fn path_for(msg_type: &str, event: &str) -> String {
@@ -48,15 +30,7 @@ pub fn path_for(msg_type: &str, event: &str) -> String {
     } else {
         ("msg", msg_type)
     };
-    let mut out = format!("/{kind}/");
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    format!("/{kind}/{}", crate::query::encode(name))
 }
 
 /// The message as a go-wx-gateway JSON object.
@@ -139,7 +113,7 @@ pub fn describe(e: &ureq::Error) -> String {
 /// Interprets a backend's 200 answer.
 pub fn parse_answer(body: &[u8]) -> Result<OwnedReply, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(OwnedReply::None);
+        return Ok(None);
     }
     let value: Value =
         serde_json::from_slice(body).map_err(|e| format!("answer is not JSON ({e})"))?;
@@ -169,12 +143,12 @@ pub fn parse_answer(body: &[u8]) -> Result<OwnedReply, String> {
             )),
         }
     };
-    Ok(match kind {
-        "none" => OwnedReply::None,
-        "text" => OwnedReply::Text(msg()?),
-        "image" => OwnedReply::Image(msg()?),
-        "voice" => OwnedReply::Voice(msg()?),
-        "video" => OwnedReply::Video {
+    Ok(Some(match kind {
+        "none" => return Ok(None),
+        "text" => Reply::Text { content: msg()? },
+        "image" => Reply::Image { media_id: msg()? },
+        "voice" => Reply::Voice { media_id: msg()? },
+        "video" => Reply::Video {
             media_id: msg()?,
             title: field(&["title"]),
             description: field(&["description"]),
@@ -184,7 +158,7 @@ pub fn parse_answer(body: &[u8]) -> Result<OwnedReply, String> {
             if thumb_media_id.is_empty() {
                 return Err("music answer without thumb_media_id".to_string());
             }
-            OwnedReply::Music {
+            Reply::Music {
                 title: field(&["title"]),
                 description: field(&["description"]),
                 music_url: field(&["music_url", "musicurl"]),
@@ -211,20 +185,20 @@ pub fn parse_answer(body: &[u8]) -> Result<OwnedReply, String> {
                         .unwrap_or("")
                         .to_string()
                 };
-                articles.push([
-                    get(&["title"]),
-                    get(&["description"]),
-                    get(&["pic_url", "picurl"]),
-                    get(&["url"]),
-                ]);
+                articles.push(Article {
+                    title: get(&["title"]),
+                    description: get(&["description"]),
+                    pic_url: get(&["pic_url", "picurl"]),
+                    url: get(&["url"]),
+                });
             }
             if articles.is_empty() {
                 return Err("news answer with no articles".to_string());
             }
-            OwnedReply::News(articles)
+            Reply::News { articles }
         }
         other => return Err(format!("unknown answer type {other:?}")),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -265,25 +239,31 @@ mod tests {
 
     #[test]
     fn answers() {
-        assert_eq!(parse_answer(b""), Ok(OwnedReply::None));
-        assert_eq!(parse_answer(b" \n"), Ok(OwnedReply::None));
-        assert_eq!(parse_answer(br#"{"type":"none"}"#), Ok(OwnedReply::None));
+        assert_eq!(parse_answer(b""), Ok(None));
+        assert_eq!(parse_answer(b" \n"), Ok(None));
+        assert_eq!(parse_answer(br#"{"type":"none"}"#), Ok(None));
         assert_eq!(
             parse_answer(br#"{"type":"text","msg":"hi"}"#),
-            Ok(OwnedReply::Text("hi".into()))
+            Ok(Some(Reply::Text {
+                content: "hi".into()
+            }))
         );
         assert_eq!(
             parse_answer(br#"{"type":"image","msg":"MEDIA"}"#),
-            Ok(OwnedReply::Image("MEDIA".into()))
+            Ok(Some(Reply::Image {
+                media_id: "MEDIA".into()
+            }))
         );
         assert_eq!(
             parse_answer(br#"{"type":"news","articles":[{"title":"t","picurl":"p","url":"u"}]}"#),
-            Ok(OwnedReply::News(vec![[
-                "t".into(),
-                String::new(),
-                "p".into(),
-                "u".into()
-            ]]))
+            Ok(Some(Reply::News {
+                articles: vec![Article {
+                    title: "t".into(),
+                    description: String::new(),
+                    pic_url: "p".into(),
+                    url: "u".into()
+                }]
+            }))
         );
         assert!(parse_answer(br#"{"type":"text","msg":""}"#).is_err());
         assert!(parse_answer(br#"{"type":"bogus","msg":"x"}"#).is_err());

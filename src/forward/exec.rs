@@ -48,14 +48,19 @@ pub fn run(
         std::thread::spawn(move || {
             let mut out = Vec::new();
             let mut buf = [0u8; 4096];
+            let mut cut = false;
             loop {
                 match pipe.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         let room = max_output.saturating_sub(out.len());
+                        cut |= n > room;
                         out.extend_from_slice(&buf[..n.min(room)]);
                     }
                 }
+            }
+            if cut {
+                drop_partial_char(&mut out);
             }
             let _ = tx.send(out);
         });
@@ -86,6 +91,20 @@ pub fn run(
         return Err("empty output".to_string());
     }
     Ok(text.to_string())
+}
+
+/// Drops a UTF-8 character left incomplete at the end of `out` by the output cap.
+fn drop_partial_char(out: &mut Vec<u8>) {
+    // A character is at most 4 bytes: only the last 3 can belong to an incomplete one.
+    let tail = out.len().saturating_sub(3);
+    let Some(start) = (tail..out.len()).find(|&i| out[i] & 0xC0 != 0x80) else {
+        return;
+    };
+    if let Err(e) = std::str::from_utf8(&out[start..]) {
+        if e.error_len().is_none() {
+            out.truncate(start + e.valid_up_to());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -121,5 +140,10 @@ mod tests {
         let big = run(&sh("yes | head -c 100000"), &[], b"", t, 10);
         assert_eq!(big.as_deref(), Ok("y\ny\ny\ny\ny"));
         assert!(run(&["/nonexistent".to_string()], &[], b"", t, 10).is_err());
+        // The cap falls inside the second "é": the output ends on a character boundary.
+        let cut = run(&sh("printf 'ééé'"), &[], b"", t, 3);
+        assert_eq!(cut.as_deref(), Ok("é"));
+        let cut = run(&sh("printf 'a😀b'"), &[], b"", t, 4);
+        assert_eq!(cut.as_deref(), Ok("a"));
     }
 }

@@ -9,8 +9,8 @@
 //! `c` as HTML, with the headers of `h` (except Status, Content-Type, Content-Length, Location).
 //! Failures answer 502 and log one line (never the AppSecret).
 
-use super::backend;
-use crate::fastcgi::Response;
+use super::{Answer, backend};
+use crate::query::encode;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -38,21 +38,25 @@ pub struct Page {
 }
 
 impl Page {
-    pub fn write(&self, response: &mut Response) {
-        for (name, value) in &self.headers {
-            let reserved = ["status", "content-type", "content-length", "location"];
-            if !reserved.iter().any(|r| name.eq_ignore_ascii_case(r)) {
-                response.add_header(name, value);
-            }
-        }
-        response.set_content_type(HTML);
-        if self.redirect.is_empty() {
-            response.set_status(200);
+    /// A 302 to `redirect` (when not empty) or a 200 with `content` as HTML, with the handler's
+    /// headers except the ones the answer sets itself.
+    pub fn into_answer(self) -> Answer {
+        let reserved = ["status", "content-type", "content-length", "location"];
+        let mut headers: Vec<(String, String)> = (self.headers.into_iter())
+            .filter(|(name, _)| !reserved.iter().any(|r| name.eq_ignore_ascii_case(r)))
+            .collect();
+        let status = if self.redirect.is_empty() {
+            200
         } else {
-            response.set_status(302);
-            response.add_header("Location", &self.redirect);
+            headers.push(("Location".to_string(), self.redirect));
+            302
+        };
+        Answer {
+            status,
+            content_type: HTML,
+            headers,
+            body: self.content.into_bytes(),
         }
-        response.body.extend_from_slice(self.content.as_bytes());
     }
 }
 
@@ -140,19 +144,6 @@ pub fn parse_page(body: &[u8]) -> Result<Page, String> {
         redirect: s("r"),
         content: s("c"),
     })
-}
-
-/// Percent-encodes a query value.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -27,14 +27,15 @@
 //! waiting for an answer are process-local (they are open FastCGI requests). Kept parts are
 //! bounded per account in count and bytes (in this process).
 
-use super::Settings;
 use super::persist::Persister;
+use crate::config::LateSettings as Settings;
 use crate::forward::backend::{self, OwnedReply};
-use crate::forward::{Forward, Job, Waiter, render_to};
-use crate::rules::ReplyTemplate;
+use crate::forward::{Job, Waiter, render_to};
+use crate::rules::{Forward, Late, LateMode, ReplyTemplate};
 use crate::state::{self, MemoryStore, Store};
 use crate::wechat::message::Message;
-use crate::wechat::reply::{Envelope, Limits};
+use crate::wechat::reply::{Article, Envelope, Limits, Reply};
+use crate::wechat::unix_time;
 use serde_json::{Value, json};
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -61,7 +62,7 @@ const CUSTOM_SEND: &str = "/cgi-bin/message/custom/send";
 
 /// What a job on a `late` rule carries (built on the FastCGI worker, owned).
 pub struct LateJob {
-    mode: super::Mode,
+    mode: LateMode,
     /// The de-duplication key of the message (account, user, MsgId or event).
     message: String,
     /// `pending` rendered for this message (plain XML).
@@ -71,8 +72,8 @@ pub struct LateJob {
     more_hint: String,
     /// A text fallback, kept like an answer when the backend fails after `pending`.
     fallback: Option<OwnedReply>,
-    /// `app_id` and `app_secret`, for `customer_service`.
-    credentials: Option<(String, String)>,
+    /// `api_base`, `app_id` and `app_secret`, for `customer_service`.
+    credentials: Option<Credentials>,
     /// An event (subscribe, CLICK, unsubscribe, …): never answered with a kept answer, since
     /// WeChat does not show a reply to every event.
     is_event: bool,
@@ -80,12 +81,22 @@ pub struct LateJob {
     pub(in crate::forward) hub: Option<Arc<Hub>>,
 }
 
+/// Where and as whom customer-service messages are sent.
+#[derive(Clone)]
+struct Credentials {
+    api_base: String,
+    app_id: String,
+    app_secret: String,
+}
+
 impl LateJob {
+    #[allow(clippy::too_many_arguments)]
     pub(in crate::forward) fn new(
-        settings: &super::Late,
+        settings: &Late,
         forward: &Forward,
         msg: &Message<'_>,
         account: &crate::config::Account,
+        api_base: &str,
         message: String,
         limits: Limits,
         global_text_max_bytes: usize,
@@ -93,7 +104,7 @@ impl LateJob {
         let envelope = Envelope {
             to_user: msg.from_user(),
             from_user: msg.to_user(),
-            create_time: crate::app::now(),
+            create_time: unix_time(),
         };
         let mut scratch = String::new();
         let mut pending = Vec::new();
@@ -104,12 +115,16 @@ impl LateJob {
             Some(ReplyTemplate::Text { content }) => {
                 let mut text = String::new();
                 content.render_into(msg, &mut text);
-                Some(OwnedReply::Text(text))
+                Some(Some(Reply::Text { content: text }))
             }
             _ => None,
         };
         let credentials = match (&account.app_id, &account.app_secret) {
-            (Some(id), Some(secret)) => Some((id.clone(), secret.expose().to_string())),
+            (Some(id), Some(secret)) => Some(Credentials {
+                api_base: api_base.to_string(),
+                app_id: id.clone(),
+                app_secret: secret.expose().to_string(),
+            }),
             _ => None,
         };
         LateJob {
@@ -156,14 +171,13 @@ struct Push {
     account: String,
     rule: String,
     to_user: String,
-    credentials: (String, String),
+    credentials: Credentials,
     parts: Vec<OwnedReply>,
 }
 
 /// Late-answer delivery for every account of the process.
 pub struct Hub {
     settings: Settings,
-    api_base: String,
     store: Arc<dyn Store>,
     kept: Arc<dyn Store>,
     persister: Option<Persister>,
@@ -185,12 +199,7 @@ pub struct Hub {
 impl Hub {
     /// A hub over `store` (claims, markers) with kept parts in `kept`; with a state file in
     /// `settings`, `kept` is loaded from it now and saved whenever it changes.
-    pub fn new(
-        settings: Settings,
-        api_base: &str,
-        store: Arc<dyn Store>,
-        kept: Arc<MemoryStore>,
-    ) -> Arc<Hub> {
+    pub fn new(settings: Settings, store: Arc<dyn Store>, kept: Arc<MemoryStore>) -> Arc<Hub> {
         let persister = settings.state_file.as_ref().map(|path| {
             match kept.load(path) {
                 Ok(n) => {
@@ -208,7 +217,6 @@ impl Hub {
             full_warning: RateLimited::default(),
             ledger: Mutex::new(ledger_of(&kept)),
             settings,
-            api_base: api_base.to_string(),
             store,
             kept,
             persister,
@@ -415,10 +423,7 @@ impl Hub {
                     job.rule,
                     reason.escape_debug()
                 );
-                match &late.fallback {
-                    Some(f) => f.clone(),
-                    None => OwnedReply::None,
-                }
+                late.fallback.clone().flatten()
             }
         };
         let parts = split_answer(answer, late.text_max_bytes, &late.more_hint);
@@ -457,11 +462,11 @@ impl Hub {
             found
         };
         if let Some(requests) = taken {
-            let first = parts.first().cloned().unwrap_or(OwnedReply::None);
+            let first = parts.first().cloned().flatten();
             let rest = parts.split_off(parts.len().min(1));
             let template = &requests[0];
             let mut reply = first;
-            if !rest.is_empty() && late.mode == super::Mode::NextMessage {
+            if !rest.is_empty() && late.mode == LateMode::NextMessage {
                 append_hint(&mut reply, &late.more_hint);
             }
             let xml = render_to(
@@ -487,11 +492,11 @@ impl Hub {
             }
             parts = rest;
         }
-        if parts.is_empty() || parts.iter().all(|p| *p == OwnedReply::None) {
+        if parts.iter().all(Option::is_none) {
             return;
         }
         match (late.mode, &late.credentials) {
-            (super::Mode::CustomerService, Some(credentials)) => {
+            (LateMode::CustomerService, Some(credentials)) => {
                 self.push(Push {
                     account: account.clone(),
                     rule: job.rule.clone(),
@@ -662,16 +667,17 @@ impl Hub {
         }
     }
 
-    fn api(&self, account: &str, app_id: &str, secret: &str) -> Arc<crate::wxapi::Api> {
+    fn api(&self, account: &str, c: &Credentials) -> Arc<crate::wxapi::Api> {
         let mut apis = self.apis.lock().unwrap_or_else(|p| p.into_inner());
-        // Keyed by the credentials too: a reload with a new AppSecret gets a new client.
-        let key = format!("{account}\0{app_id}\0{secret}");
+        // Keyed by the credentials too: a reload with a new AppSecret or api_base gets a new
+        // client.
+        let key = format!("{account}\0{}\0{}\0{}", c.api_base, c.app_id, c.app_secret);
         Arc::clone(apis.entry(key).or_insert_with(|| {
             Arc::new(crate::wxapi::Api::new(
-                &self.api_base,
+                &c.api_base,
                 account,
-                app_id,
-                secret,
+                &c.app_id,
+                &c.app_secret,
                 Arc::clone(&self.store),
                 API_TIMEOUT,
             ))
@@ -690,10 +696,10 @@ fn push_thread(rx: &Receiver<Push>, hub: &Weak<Hub>) {
             account,
             rule,
             to_user,
-            credentials: (app_id, secret),
+            credentials,
             parts,
         } = push;
-        let api = hub.api(&account, &app_id, &secret);
+        let api = hub.api(&account, &credentials);
         let total = parts.len();
         let mut rest = parts.into_iter().enumerate().peekable();
         while let Some((i, part)) = rest.next() {
@@ -726,12 +732,11 @@ fn push_thread(rx: &Receiver<Push>, hub: &Weak<Hub>) {
 
 /// The customer-service message for `reply`, as `POST /cgi-bin/message/custom/send` takes it.
 fn custom_message(to_user: &str, reply: &OwnedReply) -> Option<Vec<u8>> {
-    let (kind, body) = match reply {
-        OwnedReply::None => return None,
-        OwnedReply::Text(content) => ("text", json!({ "content": content })),
-        OwnedReply::Image(media_id) => ("image", json!({ "media_id": media_id })),
-        OwnedReply::Voice(media_id) => ("voice", json!({ "media_id": media_id })),
-        OwnedReply::Video {
+    let (kind, body) = match reply.as_ref()? {
+        Reply::Text { content } => ("text", json!({ "content": content })),
+        Reply::Image { media_id } => ("image", json!({ "media_id": media_id })),
+        Reply::Voice { media_id } => ("voice", json!({ "media_id": media_id })),
+        Reply::Video {
             media_id,
             title,
             description,
@@ -739,7 +744,7 @@ fn custom_message(to_user: &str, reply: &OwnedReply) -> Option<Vec<u8>> {
             "video",
             json!({ "media_id": media_id, "title": title, "description": description }),
         ),
-        OwnedReply::Music {
+        Reply::Music {
             title,
             description,
             music_url,
@@ -755,16 +760,19 @@ fn custom_message(to_user: &str, reply: &OwnedReply) -> Option<Vec<u8>> {
                 "thumb_media_id": thumb_media_id,
             }),
         ),
-        OwnedReply::News(articles) => {
+        Reply::News { articles } => {
             // The customer-service API takes one article.
-            let [title, description, pic_url, url] = articles.first()?;
+            let a = articles.first()?;
             (
                 "news",
                 json!({ "articles": [{
-                    "title": title, "description": description, "url": url, "picurl": pic_url,
+                    "title": a.title, "description": a.description, "url": a.url,
+                    "picurl": a.pic_url,
                 }] }),
             )
         }
+        // A backend never answers this; there is nothing to push.
+        Reply::TransferCustomerService { .. } => return None,
     };
     let mut message = json!({ "touser": to_user, "msgtype": kind });
     message[kind] = body;
@@ -773,19 +781,18 @@ fn custom_message(to_user: &str, reply: &OwnedReply) -> Option<Vec<u8>> {
 
 /// A kept part: the go-wx-gateway answer JSON of `reply` (read back by `parse_answer`).
 fn to_item(reply: &OwnedReply) -> Option<Vec<u8>> {
-    let value = match reply {
-        OwnedReply::None => return None,
-        OwnedReply::Text(msg) => json!({ "type": "text", "msg": msg }),
-        OwnedReply::Image(msg) => json!({ "type": "image", "msg": msg }),
-        OwnedReply::Voice(msg) => json!({ "type": "voice", "msg": msg }),
-        OwnedReply::Video {
+    let value = match reply.as_ref()? {
+        Reply::Text { content } => json!({ "type": "text", "msg": content }),
+        Reply::Image { media_id } => json!({ "type": "image", "msg": media_id }),
+        Reply::Voice { media_id } => json!({ "type": "voice", "msg": media_id }),
+        Reply::Video {
             media_id,
             title,
             description,
         } => {
             json!({ "type": "video", "msg": media_id, "title": title, "description": description })
         }
-        OwnedReply::Music {
+        Reply::Music {
             title,
             description,
             music_url,
@@ -795,12 +802,13 @@ fn to_item(reply: &OwnedReply) -> Option<Vec<u8>> {
             "type": "music", "title": title, "description": description, "music_url": music_url,
             "hq_music_url": hq_music_url, "thumb_media_id": thumb_media_id,
         }),
-        OwnedReply::News(articles) => json!({
+        Reply::News { articles } => json!({
             "type": "news",
-            "articles": articles.iter().map(|[title, description, pic_url, url]| json!({
-                "title": title, "description": description, "pic_url": pic_url, "url": url,
+            "articles": articles.iter().map(|a: &Article<String>| json!({
+                "title": a.title, "description": a.description, "pic_url": a.pic_url, "url": a.url,
             })).collect::<Vec<Value>>(),
         }),
+        Reply::TransferCustomerService { .. } => return None,
     };
     serde_json::to_vec(&value).ok()
 }
@@ -808,11 +816,15 @@ fn to_item(reply: &OwnedReply) -> Option<Vec<u8>> {
 /// A text longer than `max` becomes parts that leave room for `hint`; anything else is one part.
 fn split_answer(answer: OwnedReply, max: usize, hint: &str) -> Vec<OwnedReply> {
     match answer {
-        OwnedReply::Text(text) if text.len() > max => {
+        Some(Reply::Text { content }) if content.len() > max => {
             let room = max.saturating_sub(hint.len()).max(max / 2);
-            crate::wechat::split::split(&text, room)
+            crate::wechat::split::split(&content, room)
                 .into_iter()
-                .map(|p| OwnedReply::Text(p.to_string()))
+                .map(|p| {
+                    Some(Reply::Text {
+                        content: p.to_string(),
+                    })
+                })
                 .collect()
         }
         other => vec![other],
@@ -820,15 +832,15 @@ fn split_answer(answer: OwnedReply, max: usize, hint: &str) -> Vec<OwnedReply> {
 }
 
 fn append_hint(reply: &mut OwnedReply, hint: &str) {
-    if let OwnedReply::Text(text) = reply {
-        text.push_str(hint);
+    if let Some(Reply::Text { content }) = reply {
+        content.push_str(hint);
     }
 }
 
 /// The per-account bookkeeping of what `kept` holds (after loading the state file).
 fn ledger_of(kept: &MemoryStore) -> HashMap<String, Kept> {
     let now = Instant::now();
-    let wall = crate::app::now().saturating_mul(1000);
+    let wall = unix_time().saturating_mul(1000);
     let mut ledger = HashMap::new();
     for e in kept.export(state::KEY_PREFIX) {
         if let state::ExportedValue::List(items) = &e.value {
@@ -856,7 +868,7 @@ pub(super) struct RateLimited {
 impl RateLimited {
     /// `Some(left out since the last one)` when a warning may be written now.
     pub(super) fn allow(&self) -> Option<u64> {
-        let now = crate::app::now();
+        let now = unix_time();
         let next = self.next.load(Ordering::Acquire);
         if now >= next
             && self
@@ -938,83 +950,94 @@ fn timer_thread(hub: &Weak<Hub>) {
 mod tests {
     use super::*;
 
+    fn text(t: &str) -> OwnedReply {
+        Some(Reply::Text {
+            content: t.to_string(),
+        })
+    }
+
+    fn article(t: &str, d: &str, p: &str, u: &str) -> Article<String> {
+        Article {
+            title: t.into(),
+            description: d.into(),
+            pic_url: p.into(),
+            url: u.into(),
+        }
+    }
+
     #[test]
     fn kept_items_read_back_as_the_same_answer() {
         let answers = [
-            OwnedReply::Text("你好 ]]> \"x\"".into()),
-            OwnedReply::Image("M1".into()),
-            OwnedReply::Voice("V1".into()),
-            OwnedReply::Video {
+            text("你好 ]]> \"x\""),
+            Some(Reply::Image {
+                media_id: "M1".into(),
+            }),
+            Some(Reply::Voice {
+                media_id: "V1".into(),
+            }),
+            Some(Reply::Video {
                 media_id: "m".into(),
                 title: "t".into(),
                 description: "d".into(),
-            },
-            OwnedReply::Music {
+            }),
+            Some(Reply::Music {
                 title: "t".into(),
                 description: "d".into(),
                 music_url: "u".into(),
                 hq_music_url: "h".into(),
                 thumb_media_id: "th".into(),
-            },
-            OwnedReply::News(vec![["t".into(), "d".into(), "p".into(), "u".into()]]),
+            }),
+            Some(Reply::News {
+                articles: vec![article("t", "d", "p", "u")],
+            }),
         ];
         for a in answers {
             let item = to_item(&a).expect("item");
             assert_eq!(backend::parse_answer(&item), Ok(a));
         }
-        assert_eq!(to_item(&OwnedReply::None), None);
+        assert_eq!(to_item(&None), None);
     }
 
     #[test]
     fn customer_service_messages_follow_the_api() {
-        let m: Value =
-            serde_json::from_slice(&custom_message("oU", &OwnedReply::Text("hi".into())).unwrap())
-                .unwrap();
+        let m: Value = serde_json::from_slice(&custom_message("oU", &text("hi")).unwrap()).unwrap();
         assert_eq!(
             m,
             json!({"touser": "oU", "msgtype": "text", "text": {"content": "hi"}})
         );
-        let m: Value = serde_json::from_slice(
-            &custom_message(
-                "oU",
-                &OwnedReply::News(vec![
-                    ["t".into(), "d".into(), "p".into(), "u".into()],
-                    ["t2".into(), "d2".into(), "p2".into(), "u2".into()],
-                ]),
-            )
-            .unwrap(),
-        )
-        .unwrap();
+        let news = Some(Reply::News {
+            articles: vec![article("t", "d", "p", "u"), article("t2", "d2", "p2", "u2")],
+        });
+        let m: Value = serde_json::from_slice(&custom_message("oU", &news).unwrap()).unwrap();
         assert_eq!(
             m,
             json!({"touser": "oU", "msgtype": "news", "news": {"articles": [
                 {"title": "t", "description": "d", "url": "u", "picurl": "p"}]}})
         );
-        assert_eq!(custom_message("oU", &OwnedReply::None), None);
+        assert_eq!(custom_message("oU", &None), None);
     }
 
     #[test]
     fn long_text_leaves_room_for_the_hint() {
-        let text = "字".repeat(2000); // 6000 bytes
+        let long = "字".repeat(2000); // 6000 bytes
         let hint = "\n（回复任意消息查看后续）";
-        let parts = split_answer(OwnedReply::Text(text.clone()), 2048, hint);
+        let parts = split_answer(text(&long), 2048, hint);
         assert!(parts.len() >= 3);
         let mut joined = String::new();
         for p in &parts {
-            let OwnedReply::Text(t) = p else { panic!() };
-            assert!(t.len() + hint.len() <= 2048);
-            joined.push_str(t);
+            let Some(Reply::Text { content }) = p else {
+                panic!()
+            };
+            assert!(content.len() + hint.len() <= 2048);
+            joined.push_str(content);
         }
-        assert_eq!(joined, text);
+        assert_eq!(joined, long);
         // Short text and other types: one part, unchanged.
-        assert_eq!(
-            split_answer(OwnedReply::Text("hi".into()), 2048, hint),
-            [OwnedReply::Text("hi".into())]
-        );
-        assert_eq!(
-            split_answer(OwnedReply::Image("M".into()), 10, hint),
-            [OwnedReply::Image("M".into())]
-        );
+        assert_eq!(split_answer(text("hi"), 2048, hint), [text("hi")]);
+        let image = Some(Reply::Image {
+            media_id: "M".to_string(),
+        });
+        assert_eq!(split_answer(image.clone(), 10, hint), [image]);
     }
 
     #[test]

@@ -18,12 +18,13 @@
 //! One request per connection at a time (FCGI_MPXS_CONNS=0), as nginx uses FastCGI.
 //! Only the RESPONDER role.
 
-use super::record::{self, BeginRequest, Pairs, Parsed, kind, protocol_status};
+use crate::connection::{Connection, Limits, Request, Step};
+use crate::record::{self, Parsed};
+use crate::response::{Response, write_response};
+use crate::socket::{Listener, Stream, read_some, write_all};
 use rustix::event::{PollFd, PollFlags, epoll};
-use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io;
+use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,254 +58,12 @@ impl Default for ServerConfig {
     }
 }
 
-/// Most name-value pairs one request may carry.
-const MAX_PAIRS: usize = 512;
 /// Initial read buffer; grows up to one whole record when a record needs it.
 const READ_BUF: usize = 16 * 1024;
-/// Bytes of an oversized body we read and discard to still answer 413 in-protocol.
-const MAX_DISCARD: usize = 16 * 1024 * 1024;
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
 const TOKEN_CONN_BASE: u64 = 2;
-
-/// A listening socket: Unix or TCP stream.
-#[derive(Debug)]
-pub enum Listener {
-    Unix(UnixListener),
-    Tcp(TcpListener),
-}
-
-impl Listener {
-    fn accept(&self) -> io::Result<Stream> {
-        let stream = match self {
-            Listener::Unix(l) => Stream::Unix(l.accept()?.0),
-            Listener::Tcp(l) => {
-                let (s, _) = l.accept()?;
-                let _ = s.set_nodelay(true);
-                Stream::Tcp(s)
-            }
-        };
-        stream.set_nonblocking()?;
-        Ok(stream)
-    }
-
-    fn set_nonblocking(&self) -> io::Result<()> {
-        match self {
-            Listener::Unix(l) => l.set_nonblocking(true),
-            Listener::Tcp(l) => l.set_nonblocking(true),
-        }
-    }
-}
-
-impl AsFd for Listener {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Listener::Unix(l) => l.as_fd(),
-            Listener::Tcp(l) => l.as_fd(),
-        }
-    }
-}
-
-/// An accepted connection.
-#[derive(Debug)]
-pub enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Stream {
-    fn set_nonblocking(&self) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.set_nonblocking(true),
-            Stream::Tcp(s) => s.set_nonblocking(true),
-        }
-    }
-}
-
-impl AsFd for Stream {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Stream::Unix(s) => s.as_fd(),
-            Stream::Tcp(s) => s.as_fd(),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.read(buf),
-            Stream::Tcp(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.write(buf),
-            Stream::Tcp(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A request as the handler sees it: params and body borrowed from the worker's buffers.
-pub struct Request<'a> {
-    stream: &'a [u8],
-    index: &'a [ParamIndex],
-    /// The STDIN stream, complete.
-    pub body: &'a [u8],
-}
-
-#[derive(Debug, Clone, Copy)]
-struct ParamIndex {
-    name: (u32, u32),
-    value: (u32, u32),
-}
-
-impl<'a> Request<'a> {
-    /// The value of param `name` (last one wins if repeated, as in CGI environments).
-    pub fn param(&self, name: &str) -> Option<&'a [u8]> {
-        let stream = self.stream;
-        self.index
-            .iter()
-            .rev()
-            .find(|p| stream.get(p.name.0 as usize..p.name.1 as usize) == Some(name.as_bytes()))
-            .and_then(|p| stream.get(p.value.0 as usize..p.value.1 as usize))
-    }
-
-    /// The value of param `name` when it is UTF-8.
-    pub fn param_str(&self, name: &str) -> Option<&'a str> {
-        self.param(name).and_then(|v| std::str::from_utf8(v).ok())
-    }
-
-    /// All params in arrival order.
-    pub fn params(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
-        let stream = self.stream;
-        self.index.iter().filter_map(move |p| {
-            Some((
-                stream.get(p.name.0 as usize..p.name.1 as usize)?,
-                stream.get(p.value.0 as usize..p.value.1 as usize)?,
-            ))
-        })
-    }
-}
-
-/// The CGI response the handler fills in. Reused across requests by each worker.
-#[derive(Debug)]
-pub struct Response {
-    status: u16,
-    content_type: &'static str,
-    headers: Vec<u8>,
-    /// The response body, sent exactly as is.
-    pub body: Vec<u8>,
-}
-
-impl Default for Response {
-    fn default() -> Self {
-        Response::new()
-    }
-}
-
-impl Response {
-    pub fn new() -> Response {
-        Response {
-            status: 200,
-            content_type: "text/plain; charset=utf-8",
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
-    }
-
-    fn reset(&mut self) {
-        self.status = 200;
-        self.content_type = "text/plain; charset=utf-8";
-        self.headers.clear();
-        self.body.clear();
-    }
-
-    /// Sets the HTTP status.
-    pub fn set_status(&mut self, status: u16) {
-        self.status = status;
-    }
-
-    pub fn status(&self) -> u16 {
-        self.status
-    }
-
-    pub fn set_content_type(&mut self, content_type: &'static str) {
-        self.content_type = content_type;
-    }
-
-    /// Adds a header line. CR, LF and NUL are dropped from name and value so nothing can
-    /// inject a header or end the head early.
-    pub fn add_header(&mut self, name: &str, value: &str) {
-        let clean = |b: &u8| !matches!(b, b'\r' | b'\n' | 0);
-        self.headers
-            .extend(name.bytes().filter(|b| clean(b) && *b != b':'));
-        self.headers.extend_from_slice(b": ");
-        self.headers.extend(value.bytes().filter(clean));
-        self.headers.extend_from_slice(b"\r\n");
-    }
-
-    /// Sets status, a plain-text body, and its content type in one go (for errors).
-    pub fn plain(&mut self, status: u16, text: &str) {
-        self.status = status;
-        self.content_type = "text/plain; charset=utf-8";
-        self.body.clear();
-        self.body.extend_from_slice(text.as_bytes());
-    }
-
-    /// Appends the CGI head and body (`Status:`, `Content-Type:`, headers, blank line, body).
-    fn write_cgi(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"Status: ");
-        push_u64(out, self.status as u64);
-        out.push(b' ');
-        out.extend_from_slice(reason(self.status).as_bytes());
-        out.extend_from_slice(b"\r\nContent-Type: ");
-        out.extend_from_slice(self.content_type.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.headers);
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
-    }
-}
-
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        204 => "No Content",
-        302 => "Found",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Payload Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
-}
 
 /// What the handler did with the request.
 pub enum Outcome {
@@ -326,6 +85,7 @@ pub struct Pending {
     registered: bool,
     request_id: u16,
     keep_conn: bool,
+    in_flight: Option<InFlight>,
     shared: Arc<Shared>,
 }
 
@@ -343,26 +103,18 @@ impl Pending {
             return;
         };
         let mut cgi = Vec::with_capacity(response.body.len() + 128);
-        response.write_cgi(&mut cgi);
-        let mut out = Vec::with_capacity(cgi.len() + 32);
-        record::write_stream(&mut out, kind::STDOUT, self.request_id, &cgi);
-        record::write_stream_end(&mut out, kind::STDOUT, self.request_id);
-        record::write_end_request(
-            &mut out,
-            self.request_id,
-            0,
-            protocol_status::REQUEST_COMPLETE,
-        );
+        let mut out = Vec::with_capacity(response.body.len() + 160);
+        write_response(&mut out, &mut cgi, self.request_id, response);
         let deadline = Instant::now() + self.shared.config.io_timeout;
         let written = write_all(&mut conn, &out, deadline);
-        self.shared.request_done();
+        if let Some(request) = self.in_flight.take() {
+            request.answered();
+        }
         match written {
             Ok(()) if self.keep_conn => self.shared.park(conn, self.registered, false),
             Ok(()) => self.shared.close(conn),
             Err(e) => {
-                crate::log_warn!(
-                    "fastcgi: closing connection while writing a deferred response: {e}"
-                );
+                log::warn!("fastcgi: closing connection while writing a deferred response: {e}");
                 self.shared.close(conn);
             }
         }
@@ -390,6 +142,38 @@ pub struct Stats {
     pub open_conns: usize,
     /// Time since the last request started or finished.
     pub idle_for: Duration,
+}
+
+/// One request counted in flight, from BEGIN_REQUEST until it is answered or abandoned:
+/// the count drops when this does, whichever way the request ends.
+struct InFlight {
+    shared: Arc<Shared>,
+    answered: bool,
+}
+
+impl InFlight {
+    fn begin(shared: &Arc<Shared>) -> InFlight {
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            shared: Arc::clone(shared),
+            answered: false,
+        }
+    }
+
+    /// The response went out (or was attempted): counted as served.
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.answered {
+            self.shared.served.fetch_add(1, Ordering::Relaxed);
+        }
+        self.shared.touch();
+    }
 }
 
 /// State shared by the workers and [`Pending`] requests.
@@ -434,12 +218,6 @@ impl Shared {
         self.last_activity.store(ms, Ordering::Relaxed);
     }
 
-    fn request_done(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.served.fetch_add(1, Ordering::Relaxed);
-        self.touch();
-    }
-
     fn close(&self, stream: Stream) {
         drop(stream);
         self.open.fetch_sub(1, Ordering::AcqRel);
@@ -478,7 +256,7 @@ impl Shared {
             }
         };
         if let Err(e) = armed {
-            crate::log_warn!("fastcgi: cannot watch a kept-alive connection: {e}");
+            log::warn!("fastcgi: cannot watch a kept-alive connection: {e}");
             if let Some(p) = self.take_parked(index) {
                 self.close(p.stream);
             }
@@ -668,30 +446,6 @@ impl Server {
     }
 }
 
-/// Where a connection's current request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Between requests.
-    Idle,
-    /// BEGIN_REQUEST seen; PARAMS arriving.
-    Params,
-    /// PARAMS ended; STDIN arriving.
-    Stdin,
-}
-
-struct RequestState {
-    phase: Phase,
-    id: u16,
-    keep_conn: bool,
-    /// Body bytes beyond `max_body` seen so far (the body is then answered 413).
-    discarded: usize,
-    deadline: Instant,
-    /// Just accepted and nothing read yet. Parked like any idle connection (so silent peers
-    /// never hold a worker), but a stop waits for its request instead of closing it unserved:
-    /// a SIGTERM between nginx's connect and its write would otherwise cost that request a 502.
-    fresh: bool,
-}
-
 /// What serving a connection ended with.
 enum ConnEnd {
     /// Nothing more to read now: park it for the next request (`true`: nothing read yet).
@@ -699,26 +453,16 @@ enum ConnEnd {
     /// Close it (peer closed, not keep-alive, error, or shutdown).
     Close,
     /// The handler deferred the response: the connection goes to a [`Pending`].
-    Defer(Box<dyn FnOnce(Pending) + Send>, u16, bool),
-}
-
-/// What one record led to.
-enum Step {
-    Continue,
-    /// A response (or END_REQUEST) for the current request is queued.
-    Answered,
-    End(ConnEnd),
+    Defer(Box<dyn FnOnce(Pending) + Send>),
 }
 
 struct Worker<H> {
     shared: Arc<Shared>,
     handler: Arc<H>,
+    conn: Connection,
     read_buf: Vec<u8>,
     start: usize,
     end: usize,
-    params: Vec<u8>,
-    index: Vec<ParamIndex>,
-    body: Vec<u8>,
     response: Response,
     cgi: Vec<u8>,
     out: Vec<u8>,
@@ -726,21 +470,23 @@ struct Worker<H> {
 
 impl<H: Handler> Worker<H> {
     fn new(shared: Arc<Shared>, handler: Arc<H>) -> Worker<H> {
+        let limits = Limits {
+            max_params: shared.config.max_params,
+            max_body: shared.config.max_body,
+            max_conns: shared.config.max_conns,
+        };
         Worker {
             shared,
             handler,
+            conn: Connection::new(limits),
             read_buf: vec![0; READ_BUF],
             start: 0,
             end: 0,
-            params: Vec::with_capacity(2048),
-            index: Vec::with_capacity(64),
-            body: Vec::with_capacity(4096),
             response: Response::new(),
             cgi: Vec::with_capacity(4096),
             out: Vec::with_capacity(4096),
         }
     }
-
     fn run(mut self) {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(1);
         loop {
@@ -753,7 +499,7 @@ impl<H: Handler> Worker<H> {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
-                    crate::log_error!("fastcgi: epoll_wait failed: {e}");
+                    log::error!("fastcgi: epoll_wait failed: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
                 }
@@ -783,14 +529,14 @@ impl<H: Handler> Worker<H> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning on a ready listener.
-                crate::log_error!("fastcgi: accept failed: {e}");
+                log::error!("fastcgi: accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(50));
                 return;
             }
         };
         let open = self.shared.open.fetch_add(1, Ordering::AcqRel) + 1;
         if open > self.shared.config.max_conns {
-            crate::log_warn!(
+            log::warn!(
                 "fastcgi: refusing a connection: {} already open (raise max_conns?)",
                 open - 1
             );
@@ -806,14 +552,20 @@ impl<H: Handler> Worker<H> {
         self.start = 0;
         self.end = 0;
         self.out.clear();
-        match self.serve_requests(&mut stream, fresh) {
+        self.conn.reset();
+        // A started request that is never answered (peer gone, malformed, timeout) still
+        // leaves the in-flight count when this drops.
+        let mut in_flight = None;
+        match self.serve_records(&mut stream, fresh, &mut in_flight) {
             ConnEnd::Park(fresh) => self.shared.park(stream, registered, fresh),
             ConnEnd::Close => {
+                drop(in_flight.take());
                 // Whatever is queued (an END_REQUEST, GET_VALUES_RESULT) still goes out.
                 let _ = self.flush(&mut stream);
                 self.shared.close(stream);
             }
-            ConnEnd::Defer(job, request_id, keep_conn) => {
+            ConnEnd::Defer(job) => {
+                let (request_id, keep_conn) = self.conn.hand_off();
                 // Pipelined bytes cannot follow the connection to another thread.
                 let keep_conn = keep_conn && self.start == self.end;
                 job(Pending {
@@ -821,6 +573,7 @@ impl<H: Handler> Worker<H> {
                     registered,
                     request_id,
                     keep_conn,
+                    in_flight: in_flight.take(),
                     shared: Arc::clone(&self.shared),
                 });
             }
@@ -835,69 +588,65 @@ impl<H: Handler> Worker<H> {
             self.read_buf.truncate(READ_BUF);
             self.read_buf.shrink_to_fit();
         }
-        let bufs = [
-            &mut self.params,
-            &mut self.body,
-            &mut self.cgi,
-            &mut self.out,
-            &mut self.response.body,
-        ];
-        for buf in bufs {
+        for buf in [&mut self.cgi, &mut self.out] {
             if buf.capacity() > 64 * 1024 {
                 buf.clear();
                 buf.shrink_to(4096);
             }
         }
+        self.response.shrink();
+        self.conn.shrink();
     }
 
-    /// `fresh`: just accepted, no byte read yet (see [`RequestState::fresh`]).
-    fn serve_requests(&mut self, stream: &mut Stream, fresh: bool) -> ConnEnd {
-        let mut state = RequestState {
-            phase: Phase::Idle,
-            id: 0,
-            keep_conn: false,
-            discarded: 0,
-            deadline: Instant::now() + self.shared.config.io_timeout,
-            fresh,
-        };
-        let end = self.serve_records(stream, &mut state);
-        if state.phase != Phase::Idle && !matches!(end, ConnEnd::Defer(..)) {
-            // A started request that will never be answered still leaves the in-flight count.
-            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-            self.shared.touch();
-        }
-        end
-    }
-
-    fn serve_records(&mut self, stream: &mut Stream, state: &mut RequestState) -> ConnEnd {
+    /// Feeds the connection's records to the state machine, reading with a deadline once a
+    /// request has started. `fresh`: just accepted, nothing read yet (see [`Parked::fresh`]).
+    fn serve_records(
+        &mut self,
+        stream: &mut Stream,
+        mut fresh: bool,
+        in_flight: &mut Option<InFlight>,
+    ) -> ConnEnd {
+        let io_timeout = self.shared.config.io_timeout;
+        let mut deadline = Instant::now() + io_timeout;
         loop {
             // Handle every complete record already buffered.
             loop {
-                let parsed = match record::parse_record(&self.read_buf[self.start..self.end]) {
-                    Ok(p) => p,
-                    Err(e) => return malformed(e),
-                };
-                let Parsed::Complete((header, _), used) = parsed else {
-                    break;
-                };
-                let content = self.start + record::HEADER_LEN
-                    ..self.start + record::HEADER_LEN + header.content_len as usize;
+                let input = &self.read_buf[self.start..self.end];
+                let (used, step) = self.conn.advance(input, &mut self.out);
                 self.start += used;
-                match self.on_record(state, header, content) {
-                    Step::Continue => {}
-                    Step::End(end) => return end,
-                    Step::Answered => {
-                        if !state.keep_conn || self.shared.stopping.load(Ordering::Acquire) {
-                            return ConnEnd::Close;
+                match step {
+                    Step::NeedInput => break,
+                    Step::Began => {
+                        *in_flight = Some(InFlight::begin(&self.shared));
+                        continue;
+                    }
+                    Step::Request => {
+                        if let Some(job) = self.respond() {
+                            return ConnEnd::Defer(job);
+                        }
+                        if let Some(request) = in_flight.take() {
+                            request.answered();
                         }
                     }
+                    Step::Ended => *in_flight = None,
+                    Step::Close(e) => {
+                        if e == record::Error::BodyFarTooLarge {
+                            log::warn!("fastcgi: closing connection: {e}");
+                        } else {
+                            log::warn!("fastcgi: closing connection: malformed input: {e}");
+                        }
+                        return ConnEnd::Close;
+                    }
+                }
+                if !self.conn.keep_conn() || self.shared.stopping.load(Ordering::Acquire) {
+                    return ConnEnd::Close;
                 }
             }
             if let Err(e) = self.flush(stream) {
-                crate::log_warn!("fastcgi: closing connection while writing: {e}");
+                log::warn!("fastcgi: closing connection while writing: {e}");
                 return ConnEnd::Close;
             }
-            let idle = state.phase == Phase::Idle && self.start == self.end;
+            let idle = !self.conn.in_request() && self.start == self.end;
             // Make room: move the partial record to the front; grow for one whole record.
             if self.start > 0 {
                 self.read_buf.copy_within(self.start..self.end, 0);
@@ -908,248 +657,86 @@ impl<H: Handler> Worker<H> {
                 let needed = match record::parse_header(&self.read_buf[..self.end]) {
                     Ok(Parsed::Complete(h, _)) => h.record_len(),
                     Ok(Parsed::Partial) => record::HEADER_LEN,
-                    Err(e) => return malformed(e),
+                    Err(e) => {
+                        log::warn!("fastcgi: closing connection: malformed input: {e}");
+                        return ConnEnd::Close;
+                    }
                 };
                 self.read_buf
                     .resize(needed.clamp(READ_BUF, record::MAX_RECORD), 0);
             }
-            let deadline = if idle { None } else { Some(state.deadline) };
-            match read_some(stream, &mut self.read_buf[self.end..], deadline) {
+            let wait = if idle { None } else { Some(deadline) };
+            match read_some(stream, &mut self.read_buf[self.end..], wait) {
                 Ok(0) => {
                     if !idle {
-                        crate::log_warn!(
+                        log::warn!(
                             "fastcgi: peer closed the connection in the middle of a request"
                         );
                     }
                     return ConnEnd::Close;
                 }
                 Ok(n) => {
-                    state.fresh = false;
+                    fresh = false;
                     if idle {
                         // The first bytes of a request start its deadline.
-                        state.deadline = Instant::now() + self.shared.config.io_timeout;
+                        deadline = Instant::now() + io_timeout;
                     }
                     self.end += n;
                 }
                 // Only returned without a deadline: idle between requests.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return if self.shared.stopping.load(Ordering::Acquire) && !state.fresh {
+                    return if self.shared.stopping.load(Ordering::Acquire) && !fresh {
                         ConnEnd::Close
                     } else {
-                        ConnEnd::Park(state.fresh)
+                        ConnEnd::Park(fresh)
                     };
                 }
                 Err(e) => {
-                    let step = match state.phase {
-                        Phase::Idle => "reading a record",
-                        Phase::Params => "reading PARAMS",
-                        Phase::Stdin => "reading STDIN",
-                    };
-                    crate::log_warn!("fastcgi: closing connection while {step}: {e}");
+                    let step = self.conn.reading();
+                    log::warn!("fastcgi: closing connection while {step}: {e}");
                     return ConnEnd::Close;
                 }
             }
         }
     }
 
-    fn on_record(
-        &mut self,
-        state: &mut RequestState,
-        header: record::Header,
-        content: std::ops::Range<usize>,
-    ) -> Step {
-        let id = header.request_id;
-        let active = state.phase != Phase::Idle && id == state.id;
-        match header.kind {
-            kind::BEGIN_REQUEST => {
-                let begin = match BeginRequest::parse(&self.read_buf[content]) {
-                    Ok(b) => b,
-                    Err(e) => return Step::End(malformed(e)),
-                };
-                if id == 0 || active {
-                    return Step::End(malformed(record::Error::UnexpectedRecord));
-                }
-                if state.phase != Phase::Idle {
-                    record::write_end_request(&mut self.out, id, 0, protocol_status::CANT_MPX_CONN);
-                    return Step::Continue;
-                }
-                if begin.role != record::ROLE_RESPONDER {
-                    crate::log_warn!("fastcgi: refusing role {} (only RESPONDER)", begin.role);
-                    record::write_end_request(&mut self.out, id, 0, protocol_status::UNKNOWN_ROLE);
-                    state.keep_conn = begin.keep_conn();
-                    return Step::Answered;
-                }
-                *state = RequestState {
-                    phase: Phase::Params,
-                    id,
-                    keep_conn: begin.keep_conn(),
-                    discarded: 0,
-                    deadline: state.deadline,
-                    fresh: false,
-                };
-                self.params.clear();
-                self.index.clear();
-                self.body.clear();
-                self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-                Step::Continue
-            }
-            kind::ABORT_REQUEST => {
-                if active {
-                    record::write_end_request(
-                        &mut self.out,
-                        id,
-                        1,
-                        protocol_status::REQUEST_COMPLETE,
-                    );
-                    state.phase = Phase::Idle;
-                    self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    self.shared.touch();
-                    return Step::Answered;
-                }
-                Step::Continue
-            }
-            kind::PARAMS if active => {
-                if state.phase != Phase::Params {
-                    return Step::End(malformed(record::Error::UnexpectedRecord));
-                }
-                if content.is_empty() {
-                    if let Err(e) = self.index_params() {
-                        return Step::End(malformed(e));
-                    }
-                    state.phase = Phase::Stdin;
-                    return Step::Continue;
-                }
-                if self.params.len() + content.len() > self.shared.config.max_params {
-                    return Step::End(malformed(record::Error::ParamsTooLarge));
-                }
-                self.params.extend_from_slice(&self.read_buf[content]);
-                Step::Continue
-            }
-            kind::STDIN if active => {
-                if state.phase != Phase::Stdin {
-                    return Step::End(malformed(record::Error::UnexpectedRecord));
-                }
-                if content.is_empty() {
-                    return self.respond(state);
-                }
-                if state.discarded > 0
-                    || self.body.len() + content.len() > self.shared.config.max_body
-                {
-                    state.discarded += content.len();
-                    if state.discarded > MAX_DISCARD {
-                        crate::log_warn!("fastcgi: closing connection: body far over max_body");
-                        return Step::End(ConnEnd::Close);
-                    }
-                    return Step::Continue;
-                }
-                self.body.extend_from_slice(&self.read_buf[content]);
-                Step::Continue
-            }
-            // Records of a request that is not active are ignored (FastCGI §3.3); DATA is for
-            // the FILTER role, which we do not serve.
-            kind::PARAMS | kind::STDIN | kind::DATA => Step::Continue,
-            kind::GET_VALUES => {
-                self.get_values(content);
-                Step::Continue
-            }
-            other => {
-                record::write_unknown_type(&mut self.out, other);
-                Step::Continue
-            }
-        }
-    }
-
-    /// Answers FCGI_GET_VALUES with the variables we know; unknown names are left out (§4.1).
-    fn get_values(&mut self, content: std::ops::Range<usize>) {
-        let max = self.shared.config.max_conns.to_string();
-        let mut result = Vec::with_capacity(64);
-        for pair in Pairs::new(&self.read_buf[content]) {
-            let Ok((name, _)) = pair else { break };
-            let value: &[u8] = match name {
-                b"FCGI_MAX_CONNS" | b"FCGI_MAX_REQS" => max.as_bytes(),
-                b"FCGI_MPXS_CONNS" => b"0",
-                _ => continue,
-            };
-            record::write_pair(&mut result, name, value);
-        }
-        result.truncate(record::MAX_CONTENT);
-        record::write_header(
-            &mut self.out,
-            kind::GET_VALUES_RESULT,
-            0,
-            result.len() as u16,
-            0,
-        );
-        self.out.extend_from_slice(&result);
-    }
-
-    fn index_params(&mut self) -> Result<(), record::Error> {
-        let base = self.params.as_ptr() as usize;
-        for pair in Pairs::new(&self.params) {
-            let (name, value) = pair?;
-            if self.index.len() >= MAX_PAIRS {
-                return Err(record::Error::TooManyParams);
-            }
-            let offset = |s: &[u8]| {
-                let start = (s.as_ptr() as usize - base) as u32;
-                (start, start + s.len() as u32)
-            };
-            self.index.push(ParamIndex {
-                name: offset(name),
-                value: offset(value),
-            });
-        }
-        Ok(())
-    }
-
-    /// STDIN is complete: call the handler and queue its response.
-    fn respond(&mut self, state: &mut RequestState) -> Step {
+    /// The request is complete: call the handler (or refuse an oversized body) and queue the
+    /// response, or return the handler's job for a deferred one.
+    fn respond(&mut self) -> Option<Box<dyn FnOnce(Pending) + Send>> {
         let Worker {
             handler,
-            params,
-            index,
-            body,
+            conn,
             response,
             cgi,
             out,
+            shared,
             ..
         } = self;
         response.reset();
-        let outcome = if state.discarded > 0 {
-            crate::log_warn!(
-                "fastcgi: refusing a {} byte body (max_body is {})",
-                body.len() + state.discarded,
-                self.shared.config.max_body
+        let outcome = if let Some(size) = conn.oversized() {
+            log::warn!(
+                "fastcgi: refusing a {size} byte body (max_body is {})",
+                shared.config.max_body
             );
             response.plain(413, "request body too large\n");
             Outcome::Done
         } else {
-            let request = Request {
-                stream: params,
-                index,
-                body,
-            };
+            let request = conn.request();
             match catch_unwind(AssertUnwindSafe(|| handler.handle(&request, response))) {
                 Ok(outcome) => outcome,
                 Err(_) => {
-                    crate::log_error!("fastcgi: the handler panicked; answering 500");
+                    log::error!("fastcgi: the handler panicked; answering 500");
                     response.plain(500, "internal error\n");
                     Outcome::Done
                 }
             }
         };
-        state.phase = Phase::Idle;
         match outcome {
             Outcome::Done => {
-                cgi.clear();
-                response.write_cgi(cgi);
-                record::write_stream(out, kind::STDOUT, state.id, cgi);
-                record::write_stream_end(out, kind::STDOUT, state.id);
-                record::write_end_request(out, state.id, 0, protocol_status::REQUEST_COMPLETE);
-                self.shared.request_done();
-                Step::Answered
+                conn.respond(response, cgi, out);
+                None
             }
-            Outcome::Later(job) => Step::End(ConnEnd::Defer(job, state.id, state.keep_conn)),
+            Outcome::Later(job) => Some(job),
         }
     }
 
@@ -1164,62 +751,5 @@ impl<H: Handler> Worker<H> {
         );
         self.out.clear();
         result
-    }
-}
-
-fn malformed(e: record::Error) -> ConnEnd {
-    crate::log_warn!("fastcgi: closing connection: malformed input: {e}");
-    ConnEnd::Close
-}
-
-/// Reads what is available; waits until `deadline` when given, else returns `WouldBlock`.
-fn read_some(stream: &mut Stream, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
-    loop {
-        match stream.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match deadline {
-                Some(d) => wait_ready(stream, PollFlags::IN, d)?,
-                None => return Err(e),
-            },
-            other => return other,
-        }
-    }
-}
-
-/// Writes all of `buf`, waiting for the socket until `deadline`.
-fn write_all(stream: &mut Stream, mut buf: &[u8], deadline: Instant) -> io::Result<()> {
-    while !buf.is_empty() {
-        match stream.write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait_ready(stream, PollFlags::OUT, deadline)?
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn wait_ready(stream: &Stream, flags: PollFlags, deadline: Instant) -> io::Result<()> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "timed out (io_timeout)",
-            ));
-        }
-        let timeout = rustix::time::Timespec {
-            tv_sec: left.as_secs() as i64,
-            tv_nsec: left.subsec_nanos() as _,
-        };
-        let mut fds = [PollFd::new(stream, flags)];
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
-            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
-            Ok(_) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
     }
 }
