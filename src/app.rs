@@ -6,16 +6,17 @@
 //! The transport answers 413 for bodies over `max_body` before this runs.
 
 use crate::config::{Account, Config};
-use crate::fastcgi::{Handler, Outcome, Pending, Request, Response};
+use crate::fastcgi::{Handler, Outcome, Pending, Request, Response, ServerHandle};
 use crate::forward::{self, Forwarder};
 use crate::query;
 use crate::rules::{self, Action};
+use crate::status::{self, AccountCounters, Format, Metrics, Snapshot};
 use crate::wechat::crypto::{self, AesKey};
 use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Envelope, Limits};
 use crate::wechat::{Sealer, TEXT, XML, signature, unix_time};
 use std::cell::RefCell;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 /// The WeChat callback application. The config can be swapped atomically (SIGHUP): each
@@ -24,6 +25,12 @@ pub struct App {
     config: RwLock<Arc<Config>>,
     /// The forward pool and retry table (`forward`/`exec` rules), sized by the first config.
     forwarder: Arc<Forwarder>,
+    /// Counters for the status page (`status_path`).
+    metrics: Arc<Metrics>,
+    /// Unix time of the start, for the status page.
+    start_time: u64,
+    /// The transport's counters (connections), once the server runs.
+    server: OnceLock<ServerHandle>,
 }
 
 /// Per-worker scratch space, reused across requests.
@@ -45,6 +52,10 @@ thread_local! {
 #[derive(Default)]
 struct Outcomes<'a> {
     account: &'a str,
+    /// The account's request counters; `None` for a request no account answers.
+    counters: Option<&'a AccountCounters>,
+    /// Refused as a possible replay (timestamp outside the window).
+    replay: bool,
     kind: Short,
     event: Short,
     rule: &'a str,
@@ -59,10 +70,23 @@ struct Outcomes<'a> {
 
 impl App {
     pub fn new(config: Config) -> App {
+        let metrics = Arc::new(Metrics::default());
         App {
-            forwarder: Arc::new(Forwarder::new(config.forward, config.late.clone())),
+            forwarder: Arc::new(Forwarder::new(
+                config.forward,
+                config.late.clone(),
+                Arc::clone(&metrics),
+            )),
             config: RwLock::new(Arc::new(config)),
+            metrics,
+            start_time: unix_time(),
+            server: OnceLock::new(),
         }
+    }
+
+    /// Gives the status page the running server's connection counters.
+    pub fn attach_server(&self, server: ServerHandle) {
+        let _ = self.server.set(server);
     }
 
     /// The config in force.
@@ -80,9 +104,44 @@ impl App {
         self.forwarder.flush();
     }
 
-    /// Replaces the config; requests already running keep the one they started with.
-    pub fn replace(&self, config: Config) {
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    /// Replaces the config; requests already running keep the one they started with. The
+    /// request counters of accounts that keep their name carry over.
+    pub fn replace(&self, mut config: Config) {
+        let mut current = self.config.write().unwrap_or_else(|p| p.into_inner());
+        config.keep_counters(&current);
+        *current = Arc::new(config);
+    }
+
+    /// The status page: plain text, `?json` or `?openmetrics`. GET (and HEAD) only; no
+    /// signature (nginx's location lets only 127.0.0.1 in); not counted as a request.
+    fn status_page(&self, config: &Config, request: &Request<'_>, response: &mut Response) {
+        if !matches!(
+            request.param("REQUEST_METHOD").unwrap_or(b""),
+            b"GET" | b"HEAD"
+        ) {
+            response.plain(405, "method not allowed (GET only)\n");
+            return;
+        }
+        let format = Format::from_query(request.param("QUERY_STRING").unwrap_or(b""));
+        let accounts = (config.accounts.iter()).map(|a| (a.name.as_str(), &*a.counters));
+        let mut snapshot = Snapshot::read(&self.metrics, accounts);
+        snapshot.version = env!("CARGO_PKG_VERSION");
+        snapshot.start_time = self.start_time;
+        snapshot.now = unix_time();
+        snapshot.resident_bytes = status::resident_bytes();
+        if let Some(server) = self.server.get() {
+            let stats = server.stats();
+            snapshot.open_conns = stats.open_conns as u64;
+            snapshot.max_conns = stats.max_conns as u64;
+            snapshot.max_conns_reached = stats.max_conns_reached;
+            snapshot.in_flight = stats.in_flight as u64;
+        }
+        let (entries, bytes) = self.forwarder.retry_table_usage();
+        (snapshot.retry_entries, snapshot.retry_bytes) = (entries as u64, bytes as u64);
+        let mut text = String::new();
+        status::render(&snapshot, format, &mut text);
+        response.set_content_type(format.content_type());
+        response.body.extend_from_slice(text.as_bytes());
     }
 }
 
@@ -90,12 +149,34 @@ impl Handler for App {
     fn handle(&self, request: &Request<'_>, response: &mut Response) -> Outcome {
         let started = Instant::now();
         let config = self.config();
+        // Looked up once: the param search is a good part of a request's cost.
+        let path = path(request);
+        if config.status_path.as_deref() == Some(path) {
+            self.status_page(&config, request, response);
+            return Outcome::Done;
+        }
         let mut log = Outcomes {
             mode: "plain",
             ..Outcomes::default()
         };
-        let result = serve(&config, request, response, &mut log);
+        let result = serve(&config, path, request, response, &mut log);
         let micros = started.elapsed().as_micros();
+        match log.counters {
+            Some(counters) => counters.count(response.status()),
+            None => self.metrics.unrouted.count(response.status()),
+        }
+        let reply = match (&result, log.outcome) {
+            (Err(_), _) => status::Reply::Refused,
+            (Ok(()), "reply") => status::Reply::Reply,
+            (Ok(()), "echo") => status::Reply::Verify,
+            (Ok(()), "forward") => status::Reply::Forward,
+            (Ok(()), "oauth") => status::Reply::OAuth,
+            (Ok(()), _) => status::Reply::Success,
+        };
+        self.metrics.request(reply, micros as u64);
+        if log.replay {
+            self.metrics.replay_reject();
+        }
         match result {
             Ok(()) => crate::log_info!(
                 "request account={} mode={} type={} event={} rule={} outcome={} status={} user={:08x} us={}",
@@ -123,7 +204,7 @@ impl Handler for App {
                 forwarder.submit(*job, completion(pending))
             })),
             (None, Some(job)) => Outcome::Later(Box::new(move |pending| {
-                forwarder.submit_oauth(*job, completion(pending))
+                forwarder.submit_oauth(job, completion(pending))
             })),
             (None, None) => Outcome::Done,
         }
@@ -149,28 +230,35 @@ fn or_dash(s: &str) -> &str {
     if s.is_empty() { "-" } else { s }
 }
 
+/// The request path: `DOCUMENT_URI` (nginx), else `SCRIPT_NAME`.
+fn path<'r>(request: &'r Request<'_>) -> &'r str {
+    request
+        .param_str("DOCUMENT_URI")
+        .filter(|p| !p.is_empty())
+        .or_else(|| request.param_str("SCRIPT_NAME"))
+        .unwrap_or("")
+}
+
 /// Fills `response`; `Err` carries the reason of a refusal (already set as the response).
 fn serve<'c>(
     config: &'c Config,
+    path: &str,
     request: &Request<'_>,
     response: &mut Response,
     log: &mut Outcomes<'c>,
 ) -> Result<(), &'static str> {
-    let path = request
-        .param_str("DOCUMENT_URI")
-        .filter(|p| !p.is_empty())
-        .or_else(|| request.param_str("SCRIPT_NAME"))
-        .unwrap_or("");
     let Some(account) = config.account_for_path(path) else {
         if let Some(account) =
             (config.accounts.iter()).find(|a| a.redirect_path.as_deref() == Some(path))
         {
             log.account = &account.name;
+            log.counters = Some(&account.counters);
             return oauth_redirect(config, account, request, response, log);
         }
         return refuse(response, 404, "no account at this path");
     };
     log.account = &account.name;
+    log.counters = Some(&account.counters);
     let query = request.param("QUERY_STRING").unwrap_or(b"");
     let timestamp = query::get(query, "timestamp").unwrap_or_default();
     let nonce = query::get(query, "nonce").unwrap_or_default();
@@ -196,6 +284,7 @@ fn serve<'c>(
                 return refuse(response, 403, "signature mismatch");
             }
             if !timestamp_fresh(&timestamp, config.timestamp_window) {
+                log.replay = true;
                 return refuse(response, 403, "timestamp outside timestamp_window");
             }
             let encrypted = query::get(query, "encrypt_type").as_deref() == Some(b"aes");
@@ -241,22 +330,79 @@ fn oauth_redirect<'c>(
     let Some(code) = text("code").filter(|c| !c.is_empty()) else {
         return refuse(response, 400, "OAuth redirect without code");
     };
-    let (Some(app_id), Some(secret), Some(handler)) =
-        (&account.app_id, &account.app_secret, &account.menu_handler)
-    else {
+    let (Some(app_id), Some(secret)) = (&account.app_id, &account.app_secret) else {
         return refuse(response, 404, "menu OAuth not configured");
+    };
+    let target = match (&account.menu_handler, &account.redirect_url) {
+        (Some(handler), _) => forward::oauth::Target::MenuHandler(handler.clone()),
+        (None, Some(url)) => forward::oauth::Target::RedirectUrl(url.clone()),
+        (None, None) => return refuse(response, 404, "menu OAuth not configured"),
     };
     log.oauth = Some(Box::new(forward::oauth::OAuthJob {
         account: account.name.clone(),
         api_base: config.api_base.clone(),
         app_id: app_id.clone(),
         app_secret: secret.expose().to_string(),
-        menu_handler: handler.clone(),
+        target,
         code,
         state: text("state").unwrap_or_default(),
+        browser: browser(request),
+        user_info: user_info_credentials(config, account),
     }));
     log.outcome = "oauth";
     Ok(())
+}
+
+/// The account's API credentials when it has `user_info = true`.
+fn user_info_credentials(
+    config: &Config,
+    account: &Account,
+) -> Option<forward::userinfo::Credentials> {
+    let (true, Some(app_id), Some(secret)) =
+        (account.user_info, &account.app_id, &account.app_secret)
+    else {
+        return None;
+    };
+    Some(forward::userinfo::Credentials {
+        api_base: config.api_base.clone(),
+        account: account.name.clone(),
+        app_id: app_id.clone(),
+        app_secret: secret.expose().to_string(),
+    })
+}
+
+/// What the browser sent, bounded: request headers from the `HTTP_*` parameters.
+fn browser(request: &Request<'_>) -> forward::oauth::Browser {
+    use forward::oauth::{MAX_BROWSER_HEADER_BYTES, MAX_BROWSER_HEADERS};
+    let lossy = |name: &str| {
+        request
+            .param(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    let mut headers = Vec::new();
+    let mut bytes = 0;
+    for (name, value) in request.params() {
+        let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
+            continue;
+        };
+        let Some(header) = forward::headers::from_cgi_name(name) else {
+            continue;
+        };
+        bytes += header.len() + value.len();
+        if headers.len() >= MAX_BROWSER_HEADERS || bytes > MAX_BROWSER_HEADER_BYTES {
+            break;
+        }
+        headers.push((header, value.to_string()));
+    }
+    forward::oauth::Browser {
+        request_uri: lossy("REQUEST_URI"),
+        headers,
+        remote_addr: lossy("REMOTE_ADDR"),
+        https: request
+            .param("HTTPS")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"on")),
+    }
 }
 
 fn refuse(response: &mut Response, status: u16, reason: &'static str) -> Result<(), &'static str> {
@@ -488,6 +634,9 @@ fn answer<'c>(
             let mut job =
                 forward::Job::new(fw, &account.name, &rule.name, msg, limits, fallback, dedup);
             job.with_late(msg, account, &config.api_base, config.text_max_bytes);
+            if matches!(fw.target, rules::Target::Http { .. }) {
+                job.user_info = user_info_credentials(config, account);
+            }
             log.deferred = Some(Box::new(job));
             log.outcome = "forward";
             false

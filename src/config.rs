@@ -12,9 +12,11 @@ use crate::logger::LogLevel;
 use crate::rules::{
     Action, ArticleTemplate, Conditions, Forward, Late, ReplyTemplate, Rule, Target, Template,
 };
+use crate::status::AccountCounters;
 use crate::wechat::crypto::AesKey;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -122,10 +124,12 @@ pub struct Config {
     /// `dedup_entries` (default 4096, 16..=1048576): the forward pool and retry table. Fixed at
     /// start (a reload keeps the running pool).
     pub forward: ForwardSettings,
-    /// `api_base` (old name `oauth_api_base`, still accepted): the WeChat API for menu OAuth and
-    /// customer-service messages (default `https://api.weixin.qq.com`; https needs the `tls`
-    /// cargo feature).
+    /// `api_base` (old name `oauth_api_base`, still accepted): the WeChat API for menu OAuth,
+    /// `user_info` and customer-service messages (default `https://api.weixin.qq.com`; https
+    /// needs the `tls` cargo feature).
     pub api_base: String,
+    /// `status_path`: the request path of the status page (default none: no status page).
+    pub status_path: Option<String>,
     /// `late_keep_hours`, `late_max_answers`, `late_max_bytes`, `wechat_attempt_ms`,
     /// `state_file`: late answers. Fixed at start.
     pub late: LateSettings,
@@ -135,8 +139,8 @@ pub struct Config {
 
 /// The settings a reload cannot change: the socket, the FastCGI worker pool and its caps, the
 /// forward pool and the late-answer store. Everything else (accounts, rules,
-/// `timestamp_window`, `text_max_bytes`, `log_level`, `idle_exit`, `api_base`) takes effect at
-/// a SIGHUP.
+/// `timestamp_window`, `text_max_bytes`, `log_level`, `idle_exit`, `api_base`, `status_path`)
+/// takes effect at a SIGHUP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartSettings {
     listen: Option<String>,
@@ -220,13 +224,23 @@ pub struct Account {
     /// `app_secret`: the AppSecret, for menu OAuth (never logged).
     pub app_secret: Option<Secret>,
     /// `redirect_path`: request path receiving WeChat's OAuth redirect (`code`, `state`);
-    /// requires `app_id`, `app_secret` and `menu_handler`.
+    /// requires `app_id`, `app_secret` and `menu_handler` or `redirect_url`.
     pub redirect_path: Option<String>,
     /// `menu_handler`: URL (http:// to a loopback or private address) that gets
     /// `{"appId", "openId", "state"}` and answers `{"h", "r", "c"}`.
     pub menu_handler: Option<String>,
+    /// `redirect_url`: URL (http:// to a loopback or private address) that the menu OAuth
+    /// redirect is reverse-proxied to (go-wx-gateway's `redirect-url`); excludes `menu_handler`.
+    pub redirect_url: Option<String>,
+    /// `user_info`: add the user's `cgi-bin/user/info` as `userInfo`/`userInfoError` to
+    /// forwarded messages and `redirect_url` requests (go-wx-gateway's default); off by default:
+    /// one WeChat API call per user and 10 minutes.
+    pub user_info: bool,
     /// `[[account.rule]]` tables in match order.
     pub rules: Vec<Rule>,
+    /// Its requests by status, for the status page. Not a config key: a reload hands the
+    /// counters of an account to the new account of the same name ([`Config::keep_counters`]).
+    pub counters: Arc<AccountCounters>,
 }
 
 /// A configuration error with its location. `Display` is one line: `FILE:LINE: KEY: MESSAGE`
@@ -301,6 +315,16 @@ impl Config {
         read_config(&top)
     }
 
+    /// Takes over the request counters of `old`'s accounts for the accounts of the same name,
+    /// so that a reload does not reset the status page's figures.
+    pub fn keep_counters(&mut self, old: &Config) {
+        for account in &mut self.accounts {
+            if let Some(o) = old.accounts.iter().find(|o| o.name == account.name) {
+                account.counters = Arc::clone(&o.counters);
+            }
+        }
+    }
+
     /// The embedded demo config with `token` substituted.
     ///
     /// Never fails: a token the config would reject (empty, whitespace or control characters)
@@ -338,6 +362,7 @@ impl Config {
             idle_exit: 0,
             forward: ForwardSettings::default(),
             api_base: DEFAULT_API_BASE.to_string(),
+            status_path: None,
             late: LateSettings::default(),
             accounts: vec![Account {
                 name: "demo".to_string(),
@@ -350,7 +375,10 @@ impl Config {
                 app_secret: None,
                 redirect_path: None,
                 menu_handler: None,
+                redirect_url: None,
+                user_info: false,
                 rules: Vec::new(),
+                counters: Arc::default(),
             }],
         }
     }
@@ -665,6 +693,7 @@ const TOP_KEYS: &[&str] = &[
     "dedup_entries",
     "api_base",
     "oauth_api_base",
+    "status_path",
     "late_keep_hours",
     "late_max_answers",
     "late_max_bytes",
@@ -759,6 +788,16 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
             .non_empty_str("state_file")?
             .map(|(s, _)| std::path::PathBuf::from(s)),
     };
+    let status_path = match top.non_empty_str("status_path")? {
+        None => None,
+        Some((s, span)) => {
+            if !s.starts_with('/') || s.contains(['?', '#']) {
+                let message = "must be a plain path starting with \"/\"";
+                return Err(top.err_at("status_path", &span, message));
+            }
+            Some((s.to_string(), span))
+        }
+    };
     let (tables, span) = top
         .tables("account")?
         .ok_or_else(|| top.err_here("account", "at least one [[account]] is required"))?;
@@ -769,15 +808,20 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
     let mut path_lines: Vec<usize> = Vec::with_capacity(tables.len());
     for t in &tables {
         let (account, path_span) = read_account(t)?;
-        if account.redirect_path.is_some()
+        if (account.redirect_path.is_some() || account.user_info)
             && api_base.starts_with("https://")
             && !cfg!(feature = "tls")
         {
             let message = format!(
-                "account {:?} uses menu OAuth but this build has no TLS for api_base {api_base:?} (build with --features tls)",
+                "account {:?} uses menu OAuth or user_info but this build has no TLS for api_base {api_base:?} (build with --features tls)",
                 account.name
             );
-            return Err(t.err_here("redirect_path", message));
+            let key = if account.redirect_path.is_some() {
+                "redirect_path"
+            } else {
+                "user_info"
+            };
+            return Err(t.err_here(key, message));
         }
         check_late_rules(t, &account, &api_base, text_max_bytes)?;
         if let Some(j) = accounts.iter().position(|a| {
@@ -799,6 +843,19 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         accounts.push(account);
         path_lines.push(path_line);
     }
+    let status_path = match status_path {
+        Some((s, span)) => {
+            if let Some(j) = accounts
+                .iter()
+                .position(|a| a.path == s || a.redirect_path.as_deref() == Some(s.as_str()))
+            {
+                let message = format!("collides with the path or redirect_path of account[{j}]");
+                return Err(top.err_at("status_path", &span, message));
+            }
+            Some(s)
+        }
+        None => None,
+    };
 
     Ok(Config {
         origin: top.doc.origin.to_string(),
@@ -814,6 +871,7 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         idle_exit,
         forward,
         api_base,
+        status_path,
         late,
         accounts,
     })
@@ -913,6 +971,8 @@ const ACCOUNT_KEYS: &[&str] = &[
     "app_secret",
     "redirect_path",
     "menu_handler",
+    "redirect_url",
+    "user_info",
     "rule",
 ];
 
@@ -988,6 +1048,25 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
             Some(s.to_string())
         }
     };
+    let redirect_url = match t.non_empty_str("redirect_url")? {
+        None => None,
+        Some((s, span)) => {
+            check_url(s).map_err(|m| t.err_at("redirect_url", &span, m))?;
+            if menu_handler.is_some() {
+                let message = "set either menu_handler (the seed's {h, r, c} protocol) or redirect_url (reverse proxy), not both";
+                return Err(t.err_at("redirect_url", &span, message));
+            }
+            Some(s.to_string())
+        }
+    };
+    let user_info = match t.bool("user_info")? {
+        Some((true, span)) if app_id.is_none() || app_secret.is_none() => {
+            let message = "user_info = true requires app_id and app_secret";
+            return Err(t.err_at("user_info", &span, message));
+        }
+        Some((b, _)) => b,
+        None => false,
+    };
     let redirect_path = match t.non_empty_str("redirect_path")? {
         None => None,
         Some((s, span)) => {
@@ -995,8 +1074,12 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
                 let message = "must be a plain path starting with \"/\", other than path";
                 return Err(t.err_at("redirect_path", &span, message));
             }
-            if app_id.is_none() || app_secret.is_none() || menu_handler.is_none() {
-                let message = "redirect_path requires app_id, app_secret and menu_handler";
+            if app_id.is_none()
+                || app_secret.is_none()
+                || (menu_handler.is_none() && redirect_url.is_none())
+            {
+                let message =
+                    "redirect_path requires app_id, app_secret and menu_handler or redirect_url";
                 return Err(t.err_at("redirect_path", &span, message));
             }
             Some(s.to_string())
@@ -1022,7 +1105,10 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
         app_secret,
         redirect_path,
         menu_handler,
+        redirect_url,
+        user_info,
         rules,
+        counters: Arc::default(),
     };
     Ok((account, path_span))
 }
@@ -1552,6 +1638,43 @@ mod tests {
             Action::Reply(ReplyTemplate::News { .. }) => "news",
             Action::Reply(ReplyTemplate::TransferCustomerService { .. }) => "transfer",
         }
+    }
+
+    #[test]
+    fn menu_oauth_takes_one_of_menu_handler_or_redirect_url() {
+        let account = |keys: &str| {
+            format!(
+                "oauth_api_base = \"http://127.0.0.1:8\"\n[[account]]\npath = \"/wx\"\ntoken = \"t\"\n\
+                 app_id = \"wxa\"\napp_secret = \"s\"\n\
+                 redirect_path = \"/wxoauth\"\n{keys}\n"
+            )
+        };
+        let c = Config::parse(
+            &account("redirect_url = \"http://127.0.0.1:9/o\""),
+            "t.toml",
+        )
+        .expect("redirect_url alone");
+        assert_eq!(
+            c.accounts[0].redirect_url.as_deref(),
+            Some("http://127.0.0.1:9/o")
+        );
+        assert!(c.accounts[0].menu_handler.is_none());
+        let both = Config::parse(
+            &account(
+                "redirect_url = \"http://127.0.0.1:9/o\"\nmenu_handler = \"http://127.0.0.1:9/m\"",
+            ),
+            "t.toml",
+        )
+        .expect_err("both");
+        assert!(both.to_string().contains("not both"), "{both}");
+        let neither = Config::parse(&account(""), "t.toml").expect_err("neither");
+        assert!(
+            neither.to_string().contains("menu_handler or redirect_url"),
+            "{neither}"
+        );
+        let public = Config::parse(&account("redirect_url = \"http://8.8.8.8/o\""), "t.toml")
+            .expect_err("public address");
+        assert!(public.to_string().contains("redirect_url"), "{public}");
     }
 
     #[test]

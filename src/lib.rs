@@ -29,5 +29,6 @@ pub mod logger;
 pub mod query;
 pub mod rules;
 pub mod state;
+pub mod status;
 pub mod wechat;
 pub mod wxapi;

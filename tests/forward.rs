@@ -262,7 +262,7 @@ fn backend_failures_answer_the_fallback_and_log_the_reason() {
     let log = r.stderr();
     for needle in [
         "rule=garbage result=fallback reason=\"answer is not JSON",
-        "rule=err result=fallback reason=\"backend answered HTTP 500\"",
+        "rule=err result=fallback reason=\"backend answered HTTP 500: answer is not JSON",
         "rule=slow result=fallback reason=\"timeout\"",
     ] {
         assert!(log.contains(needle), "missing {needle:?} in log:\n{log}");

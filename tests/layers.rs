@@ -10,26 +10,29 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Which top-level modules each module may use. `fastcgi` is the transport crate re-exported
-/// by `lib.rs`; `state` (the key/value store) sits at the bottom with `wechat` and `logger`,
-/// `wxapi` (the WeChat API client) on `state`; `main` and `cli` sit on top.
+/// by `lib.rs`; `state` (the key/value store) sits at the bottom with `wechat`, `logger` and
+/// `status` (the status page's counters), `wxapi` (the WeChat API client) on `state`; `main`
+/// and `cli` sit on top.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("logger", &[]),
     ("query", &[]),
     ("state", &[]),
+    ("status", &[]),
     ("wechat", &[]),
     ("wxapi", &["state", "wechat", "logger"]),
     ("rules", &["wechat"]),
-    ("config", &["rules", "wechat", "logger"]),
+    ("config", &["rules", "wechat", "logger", "status"]),
     (
         "forward",
         &[
-            "config", "rules", "wechat", "logger", "query", "state", "wxapi",
+            "config", "rules", "wechat", "logger", "query", "state", "wxapi", "status",
         ],
     ),
     (
         "app",
         &[
             "config", "rules", "forward", "wechat", "logger", "query", "state", "wxapi", "fastcgi",
+            "status",
         ],
     ),
     (

@@ -46,6 +46,7 @@ impl Response {
         self.status
     }
 
+    /// Sets the Content-Type; `""` sends none (the handler may add its own header line).
     pub fn set_content_type(&mut self, content_type: &'static str) {
         self.content_type = content_type;
     }
@@ -77,9 +78,12 @@ impl Response {
             // A status of our own handlers is always in the table; any other is rare.
             None => out.extend_from_slice(format!("{} Status", self.status).as_bytes()),
         }
-        out.extend_from_slice(b"\r\nContent-Type: ");
-        out.extend_from_slice(self.content_type.as_bytes());
         out.extend_from_slice(b"\r\n");
+        if !self.content_type.is_empty() {
+            out.extend_from_slice(b"Content-Type: ");
+            out.extend_from_slice(self.content_type.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(&self.headers);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);
@@ -145,5 +149,14 @@ mod tests {
         );
         r.plain(202, "later");
         assert!(cgi(&r).starts_with("Status: 202 Status\r\nContent-Type: text/plain"));
+    }
+
+    #[test]
+    fn empty_content_type_sends_none() {
+        let mut r = Response::new();
+        r.set_status(302);
+        r.set_content_type("");
+        r.add_header("Location", "http://x/");
+        assert_eq!(cgi(&r), "Status: 302 Found\r\nLocation: http://x/\r\n\r\n");
     }
 }

@@ -117,6 +117,27 @@ impl<W, A: Clone> Table<W, A> {
             .len()
     }
 
+    /// Entries (finished and in flight) and the bytes they hold: keys (stored twice: map and
+    /// expiry queue), `weigh` of each answer, and the fixed size of an entry. Walks the table:
+    /// for the status page, not the request path.
+    pub fn usage(&self, weigh: impl Fn(&A) -> usize) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let per_entry =
+            std::mem::size_of::<(String, Entry<W, A>)>() + std::mem::size_of::<(Instant, String)>();
+        let bytes = inner
+            .map
+            .iter()
+            .map(|(key, entry)| {
+                let answer = match entry {
+                    Entry::Done(answer, _) => weigh(answer),
+                    Entry::InFlight(waiters) => waiters.len() * std::mem::size_of::<W>(),
+                };
+                per_entry + 2 * key.len() + answer
+            })
+            .sum();
+        (inner.map.len(), bytes)
+    }
+
     /// True when the table holds nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -106,7 +106,7 @@ impl HttpLoop {
 /// The request bytes (head and body) and the state machine waiting for the response.
 fn prepare(url: &str, body: &[u8]) -> Result<(SocketAddr, Vec<u8>, Call<RecvResponse>), String> {
     let request = ureq_proto::http::Request::post(url)
-        .header("content-type", "application/json")
+        .header("content-type", super::backend::CONTENT_TYPE)
         .header("content-length", body.len())
         .body(())
         .map_err(|e| format!("bad URL {url:?}: {e}"))?;

@@ -11,24 +11,31 @@
 //!    attempt in flight gets the request parked on it;
 //! 2. otherwise a forward slot is taken (`forward_slots`, a counter); with every slot busy the
 //!    rule's fallback is answered at once. A backend call goes to the one HTTP thread
-//!    ([`http_loop`]: epoll, no thread per call); a program goes down a bounded channel to a
-//!    forward thread (started as needed, up to `forward_slots`).
+//!    ([`http_loop`]: epoll, no thread per call); a program (or a backend call that first
+//!    looks up `user_info`) goes down a bounded channel to a forward thread (started as
+//!    needed, up to `forward_slots`).
 //!
 //! When the call ends, its thread renders the reply (and encrypts it in safe mode) and
 //! finishes the request and every retry parked on it. A rule with `late` takes another path
 //! through [`late::hub`]: its answer may come after WeChat's attempts.
-//! Failures (non-200, bad JSON, unknown type, timeout, refused, program failure) answer the
-//! fallback (or `success` without one) and log one line naming the account, rule and reason.
+//! Failures (no usable JSON answer, unknown type, timeout, refused, program failure — see
+//! [`backend::interpret`]) answer the fallback (or `success` without one) and log one line
+//! naming the account, rule and reason; an explicit "no reply" from the backend is never
+//! replaced by the fallback. With `user_info`, the user's info is looked up first
+//! ([`userinfo`]).
 
 pub mod backend;
 pub mod dedup;
 pub mod exec;
+pub mod headers;
 pub mod http_loop;
 pub mod late;
 pub mod oauth;
+pub mod userinfo;
 
 use crate::config::{ForwardSettings, LateSettings};
 use crate::rules::{Forward, Target};
+use crate::status::{self, Metrics};
 use crate::wechat::crypto::AesKey;
 use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Envelope, Limits, Reply};
@@ -119,6 +126,8 @@ pub struct Job {
     fallback: Option<Vec<u8>>,
     /// Set by the handler in safe mode.
     pub encrypt: Option<Encrypt>,
+    /// Set by the handler for accounts with `user_info = true` (HTTP targets only).
+    pub user_info: Option<userinfo::Credentials>,
     /// For a rule with `late`: set by [`Job::with_late`].
     late: Option<Box<late::hub::LateJob>>,
 }
@@ -167,6 +176,7 @@ impl Job {
             limits,
             fallback,
             encrypt: None,
+            user_info: None,
             late: None,
         }
     }
@@ -235,7 +245,7 @@ enum Task {
         waiter: Option<Waiter>,
     },
     OAuth {
-        job: oauth::OAuthJob,
+        job: Box<oauth::OAuthJob>,
         complete: Complete,
     },
 }
@@ -245,10 +255,15 @@ pub struct Forwarder {
     settings: ForwardSettings,
     busy: Arc<AtomicUsize>,
     dedup: Arc<Table<Waiter, Shared>>,
-    /// Threads for programs (`exec`) and menu OAuth, started as needed up to `slots`.
+    /// Threads for programs (`exec`), `user_info` lookups and menu OAuth, started as needed
+    /// up to `slots`.
     pool: OnceLock<Pool>,
     /// Backend HTTP calls (`url` targets), all on one epoll thread; `None` if it cannot start.
     http: OnceLock<Option<Arc<HttpLoop>>>,
+    /// `userInfo` lookups (access tokens and user infos in a byte-bounded store).
+    user_info: Arc<userinfo::UserInfo>,
+    /// Forward results and retry-table hits, for the status page.
+    metrics: Arc<Metrics>,
     /// Late answers (started with the first message on a `late` rule, which also reads the
     /// state file), with their global settings.
     hub: OnceLock<Arc<late::hub::Hub>>,
@@ -256,19 +271,29 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(settings: ForwardSettings, late: LateSettings) -> Forwarder {
+    pub fn new(settings: ForwardSettings, late: LateSettings, metrics: Arc<Metrics>) -> Forwarder {
         Forwarder {
             settings,
+            metrics,
+            pool: OnceLock::new(),
+            http: OnceLock::new(),
+            hub: OnceLock::new(),
+            late,
             busy: Arc::new(AtomicUsize::new(0)),
             dedup: Arc::new(Table::new(
                 Duration::from_secs(settings.dedup_seconds),
                 settings.dedup_entries,
             )),
-            pool: OnceLock::new(),
-            http: OnceLock::new(),
-            hub: OnceLock::new(),
-            late,
+            user_info: Arc::new(userinfo::UserInfo::new(Arc::new(
+                crate::state::MemoryStore::new(userinfo::STORE_BUDGET),
+            ))),
         }
+    }
+
+    /// Entries of the retry table and the bytes they hold (see [`Table::usage`]).
+    pub fn retry_table_usage(&self) -> (usize, usize) {
+        self.dedup
+            .usage(|answer| answer.as_ref().as_ref().map_or(0, Vec::len))
     }
 
     /// Whether jobs should carry a de-duplication key.
@@ -326,6 +351,7 @@ impl Forwarder {
         let waiter = match &job.key {
             Some(key) => match self.dedup.begin(key, waiter, acquire, Instant::now()) {
                 Begin::Done(answer, waiter) => {
+                    self.metrics.retry_hit();
                     crate::log_info!(
                         "forward account={} rule={} result=duplicate-answered",
                         job.account,
@@ -335,6 +361,7 @@ impl Forwarder {
                     return;
                 }
                 Begin::Parked => {
+                    self.metrics.retry_hit();
                     crate::log_info!(
                         "forward account={} rule={} result=duplicate-waiting",
                         job.account,
@@ -342,18 +369,18 @@ impl Forwarder {
                     );
                     return;
                 }
-                Begin::Refused(waiter) => return busy(job, waiter),
+                Begin::Refused(waiter) => return busy(job, waiter, &self.metrics),
                 Begin::New(waiter) => waiter,
             },
             None if acquire() => waiter,
-            None => return busy(job, waiter),
+            None => return busy(job, waiter, &self.metrics),
         };
         self.dispatch(job, Some(waiter));
     }
 
     /// Starts the backend call or program of `job`, which holds a slot.
     fn dispatch(&self, job: Job, waiter: Option<Waiter>) {
-        if let Target::Http { url } = &job.forward.target {
+        if let (Target::Http { url }, None) = (&job.forward.target, &job.user_info) {
             return self.submit_http(
                 format!("{}{}", url.trim_end_matches('/'), job.path),
                 job,
@@ -369,14 +396,8 @@ impl Forwarder {
                 return;
             };
             let result = Ok(Err("forward queue full".to_string()));
-            complete(
-                &job,
-                waiter,
-                result,
-                Instant::now(),
-                &self.busy,
-                &self.dedup,
-            );
+            let ctx = (&*self.busy, &*self.dedup, &*self.metrics);
+            complete(&job, waiter, result, Instant::now(), ctx);
         }
     }
 
@@ -389,10 +410,18 @@ impl Forwarder {
                 None
             }
         });
-        let (busy, dedup) = (Arc::clone(&self.busy), Arc::clone(&self.dedup));
+        let busy = Arc::clone(&self.busy);
+        let dedup = Arc::clone(&self.dedup);
+        let metrics = Arc::clone(&self.metrics);
         let Some(http) = http else {
             let result = Ok(Err("cannot start the backend HTTP thread".to_string()));
-            return complete(&job, waiter, result, Instant::now(), &busy, &dedup);
+            return complete(
+                &job,
+                waiter,
+                result,
+                Instant::now(),
+                (&busy, &dedup, &metrics),
+            );
         };
         let started = Instant::now();
         let body = std::mem::take(&mut job.body);
@@ -404,13 +433,13 @@ impl Forwarder {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     answer.and_then(|a| backend::interpret(a.status, &a.body))
                 }));
-                complete(&job, waiter, result, started, &busy, &dedup);
+                complete(&job, waiter, result, started, (&busy, &dedup, &metrics));
             }),
         );
     }
 
     /// Completes a menu OAuth redirect on a forward thread; 503 at once when every slot is busy.
-    pub fn submit_oauth(&self, job: oauth::OAuthJob, complete: Complete) {
+    pub fn submit_oauth(&self, job: Box<oauth::OAuthJob>, complete: Complete) {
         let slots = self.settings.slots;
         let acquired = self
             .busy
@@ -460,10 +489,15 @@ impl Forwarder {
             pool.threads.fetch_add(1, Ordering::AcqRel);
             let rx = Arc::clone(&pool.rx);
             let counts = [Arc::clone(&pool.idle), Arc::clone(&pool.queued)];
-            let (busy, dedup) = (Arc::clone(&self.busy), Arc::clone(&self.dedup));
+            let busy = Arc::clone(&self.busy);
+            let dedup = Arc::clone(&self.dedup);
+            let user_info = Arc::clone(&self.user_info);
+            let metrics = Arc::clone(&self.metrics);
             let spawned = std::thread::Builder::new()
                 .name(format!("forward-{threads}"))
-                .spawn(move || forward_thread(&rx, &counts, &busy, &dedup));
+                .spawn(move || {
+                    forward_thread(&rx, &counts, (&busy, &dedup, &metrics), &user_info);
+                });
             if let Err(e) = spawned {
                 pool.threads.fetch_sub(1, Ordering::AcqRel);
                 crate::log_error!("cannot start forward thread {threads}: {e}");
@@ -473,7 +507,7 @@ impl Forwarder {
     }
 }
 
-/// The threads for programs and OAuth, and their queue.
+/// The threads for programs, `user_info` lookups and OAuth, and their queue.
 struct Pool {
     tx: SyncSender<Task>,
     rx: Arc<Mutex<Receiver<Task>>>,
@@ -483,8 +517,12 @@ struct Pool {
     queued: Arc<AtomicUsize>,
 }
 
+/// What completing a call updates: the slot count, the retry table, the status counters.
+type Ctx<'a> = (&'a AtomicUsize, &'a Table<Waiter, Shared>, &'a Metrics);
+
 /// No slot free (or too many retries parked): the fallback at once, not stored.
-fn busy(job: Job, waiter: Waiter) {
+fn busy(job: Job, waiter: Waiter, metrics: &Metrics) {
+    metrics.forward(status::Forward::Fallback);
     crate::log_warn!(
         "forward account={} rule={} result=fallback reason=\"all forward slots busy\"",
         job.account,
@@ -496,8 +534,8 @@ fn busy(job: Job, waiter: Waiter) {
 fn forward_thread(
     rx: &Mutex<Receiver<Task>>,
     [idle, queued]: &[Arc<AtomicUsize>; 2],
-    busy: &AtomicUsize,
-    dedup: &Table<Waiter, Shared>,
+    ctx: Ctx<'_>,
+    user_info: &userinfo::UserInfo,
 ) {
     loop {
         idle.fetch_add(1, Ordering::AcqRel);
@@ -510,15 +548,16 @@ fn forward_thread(
         let (job, waiter) = match task {
             Ok(Task::Message { job, waiter }) => (*job, waiter),
             Ok(Task::OAuth { job, complete }) => {
-                oauth_task(&job, complete);
-                busy.fetch_sub(1, Ordering::AcqRel);
+                oauth_task(&job, complete, user_info);
+                ctx.0.fetch_sub(1, Ordering::AcqRel);
                 continue;
             }
             Err(_) => return,
         };
         let started = Instant::now();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)));
-        complete(&job, waiter, result, started, busy, dedup);
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job, user_info)));
+        complete(&job, waiter, result, started, ctx);
     }
 }
 
@@ -530,10 +569,13 @@ fn complete(
     waiter: Option<Waiter>,
     result: std::thread::Result<Result<OwnedReply, String>>,
     started: Instant,
-    busy: &AtomicUsize,
-    dedup: &Table<Waiter, Shared>,
+    (busy, dedup, metrics): Ctx<'_>,
 ) {
     let ms = started.elapsed().as_millis();
+    metrics.forward(match result {
+        Ok(Ok(_)) => status::Forward::Ok,
+        _ => status::Forward::Fallback,
+    });
     if let Some(hub) = job.late.as_ref().and_then(|l| l.hub.clone()) {
         busy.fetch_sub(1, Ordering::AcqRel);
         let result = result.unwrap_or_else(|_| Err("internal error".to_string()));
@@ -575,20 +617,18 @@ fn complete(
     finish_all(dedup, job, waiter, &answer);
 }
 
-fn oauth_task(job: &oauth::OAuthJob, complete: Complete) {
+fn oauth_task(job: &oauth::OAuthJob, complete: Complete, user_info: &userinfo::UserInfo) {
     let started = Instant::now();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| oauth::run(job)));
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| oauth::run(job, user_info)));
     let ms = started.elapsed().as_millis();
     match result {
         Ok(Ok(page)) => {
             crate::log_info!(
-                "oauth account={} result={} ms={ms}",
+                "oauth account={} result={} status={} ms={ms}",
                 job.account,
-                if page.redirect.is_empty() {
-                    "page"
-                } else {
-                    "redirect"
-                }
+                page.kind(),
+                page.status
             );
             complete(page.into_answer());
         }
@@ -598,7 +638,7 @@ fn oauth_task(job: &oauth::OAuthJob, complete: Complete) {
                 job.account,
                 reason.escape_debug()
             );
-            complete(Answer::plain(502, "menu handler unavailable\n"));
+            complete(Answer::plain(502, "OAuth backend unavailable\n"));
         }
         Err(_) => {
             crate::log_error!(
@@ -622,10 +662,20 @@ fn finish_all(dedup: &Table<Waiter, Shared>, job: &Job, waiter: Waiter, answer: 
     }
 }
 
-/// Runs a program (HTTP targets go to the HTTP loop instead).
-fn run(job: &Job) -> Result<OwnedReply, String> {
+fn run(job: &Job, user_info: &userinfo::UserInfo) -> Result<OwnedReply, String> {
     match &job.forward.target {
-        Target::Http { .. } => Err("HTTP target on a forward thread".to_string()),
+        Target::Http { url } => {
+            let url = format!("{}{}", url.trim_end_matches('/'), job.path);
+            match &job.user_info {
+                Some(credentials) => {
+                    let (info, error) = user_info.lookup(credentials, &job.to_user);
+                    let mut body = job.body.clone();
+                    userinfo::append(&mut body, &info, &error);
+                    backend::call(&url, &body, job.forward.timeout)
+                }
+                None => backend::call(&url, &job.body, job.forward.timeout),
+            }
+        }
         Target::Exec {
             command,
             max_output,
