@@ -692,3 +692,69 @@ fn a_stalled_redis_is_tried_once_per_second_while_memory_answers() {
     );
     assert!(!store.degraded());
 }
+
+/// One attempt as WeChat makes it: given up after `wait`. `None` when nothing came in time.
+fn attempt_within(port: u16, message: &str, wait: Duration) -> Option<(u16, Option<String>)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(wait))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .post(format!(
+            "http://127.0.0.1:{port}/weixin?{}",
+            signed_query(TOKEN)
+        ))
+        .header("Content-Type", "text/xml")
+        .send(message.as_bytes())
+        .ok()?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().ok()?;
+    Some((status, xml_field(&text, "Content")))
+}
+
+#[test]
+fn a_late_rule_counts_wechat_attempts_and_calls_the_backend_once_across_instances() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    // Attempts of 600 ms (as WeChat's 5 s, shortened), a backend that needs 2.5 s.
+    let config = format!(
+        "wechat_attempt_ms = 600\nshared_state = \"{}\"\n{}",
+        redis.url(),
+        config_with_rules(
+            TOKEN,
+            &format!(
+                "[[account.rule]]\nname = \"bot\"\nmsg_type = \"text\"\nreply = {{ type = \
+                 \"forward\", url = \"{}\", late = \"next_message\", late_timeout_ms = 10000 }}\n",
+                backend.url("sleep-2500")
+            ),
+        )
+    );
+    let a = start_instance(&config);
+    let b = start_instance(&config);
+    let (nginx_a, nginx_b) = (Nginx::start(&a.socket, true), Nginx::start(&b.socket, true));
+    let msg = message("slow question");
+    let wait = Duration::from_millis(600);
+    // WeChat's three attempts: A, B, A. Neither of the first two is answered in time; the
+    // third, the last by the count they share, gets `pending` before WeChat would give up.
+    assert_eq!(attempt_within(nginx_a.port, &msg, wait), None);
+    assert_eq!(attempt_within(nginx_b.port, &msg, wait), None);
+    let third = attempt_within(nginx_a.port, &msg, wait);
+    let Some((200, Some(pending))) = third else {
+        panic!("{third:?}\nA:\n{}\nB:\n{}", a.stderr(), b.stderr());
+    };
+    assert!(pending.contains("正在思考"), "{pending}");
+    assert_eq!(
+        backend.calls().len(),
+        1,
+        "B saw A's claim: one backend call\nB:\n{}",
+        b.stderr()
+    );
+    // The answer is kept on A, the instance that called the backend; the user's next message
+    // there gets it.
+    assert!(wait_for(Duration::from_secs(5), || a
+        .stderr()
+        .contains("result=kept")));
+    let next = attempt_within(nginx_a.port, &message("hi"), wait);
+    assert_eq!(next, Some((200, Some("slow: slow question".into()))));
+}

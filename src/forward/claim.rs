@@ -209,6 +209,24 @@ impl ClaimThread {
     }
 }
 
+/// An attempt that may hold the claim on `key`: its answer replaces the claim, kept `keep`.
+pub struct Claimed {
+    thread: ClaimThread,
+    key: String,
+    keep: Duration,
+}
+
+impl Claimed {
+    pub fn new(thread: ClaimThread, key: String, keep: Duration) -> Claimed {
+        Claimed { thread, key, keep }
+    }
+
+    /// Queues the answer (reply XML, or `None` for no reply) for the shared store.
+    pub fn finish(&self, answer: Option<&[u8]>) {
+        self.thread.finish(self.key.clone(), answer, self.keep);
+    }
+}
+
 fn run(claims: &Claims, rx: &Receiver<Work>) {
     let mut waiting: Vec<Waiting> = Vec::new();
     let mut next_look = Instant::now() + POLL;

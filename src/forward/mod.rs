@@ -9,14 +9,18 @@
 //! away:
 //! 1. the de-duplication table is consulted ([`dedup`]): a finished attempt answers at once, an
 //!    attempt in flight gets the request parked on it;
-//! 2. otherwise a forward slot is taken (`forward_slots`, a counter) and the job goes down a
-//!    bounded channel to one of `forward_slots` forward threads (started on first use);
-//!    with every slot busy the rule's fallback is answered at once. With `shared_state` the
-//!    job first goes to the claims thread ([`claim`]), which lets it through, answers it from
-//!    another instance, or keeps it until that instance has answered.
+//! 2. otherwise a forward slot is taken (`forward_slots`, a counter); with every slot busy the
+//!    rule's fallback is answered at once. A backend call goes to the one HTTP thread
+//!    ([`http_loop`]: epoll, no thread per call); a program (or a backend call that first
+//!    looks up `user_info`) goes down a bounded channel to a forward thread (started as
+//!    needed, up to `forward_slots`).
 //!
-//! The forward thread calls the backend under the rule's deadline, renders the reply (and
-//! encrypts it in safe mode) and finishes the request and every retry parked on it.
+//! With `shared_state` a new attempt goes to the claims thread first ([`claim`]), which lets
+//! it through, answers it from another instance, or keeps it until that instance has answered.
+//!
+//! When the call ends, its thread renders the reply (and encrypts it in safe mode) and
+//! finishes the request and every retry parked on it. A rule with `late` takes another path
+//! through [`late::hub`]: its answer may come after WeChat's attempts.
 //! Failures (no usable JSON answer, unknown type, timeout, refused, program failure — see
 //! [`backend::interpret`]) answer the fallback (or `success` without one) and log one line
 //! naming the account, rule and reason; an explicit "no reply" from the backend is never
@@ -28,10 +32,12 @@ pub mod claim;
 pub mod dedup;
 pub mod exec;
 pub mod headers;
+pub mod http_loop;
+pub mod late;
 pub mod oauth;
 pub mod userinfo;
 
-use crate::config::ForwardSettings;
+use crate::config::{ForwardSettings, LateSettings};
 use crate::rules::{Forward, Target};
 use crate::status::{self, Metrics};
 use crate::wechat::crypto::AesKey;
@@ -39,12 +45,16 @@ use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Envelope, Limits, Reply};
 use crate::wechat::{Sealer, unix_time};
 use backend::OwnedReply;
-use claim::{ClaimThread, Claimant, Claims};
+use claim::{ClaimThread, Claimant, Claimed, Claims};
 use dedup::{Begin, Table};
+use http_loop::HttpLoop;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// Bytes of the store for late answers' claims, attempt counts and markers (small, short-lived).
+const LATE_STORE_BYTES: usize = 1 << 20;
 
 /// A finished answer to a deferred request, for the caller to send over its transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +133,10 @@ pub struct Job {
     pub encrypt: Option<Encrypt>,
     /// Set by the handler for accounts with `user_info = true` (HTTP targets only).
     pub user_info: Option<userinfo::Credentials>,
+    /// For a rule with `late`: set by [`Job::with_late`].
+    late: Option<Box<late::hub::LateJob>>,
+    /// With `shared_state`: where this attempt's answer replaces its claim.
+    claimed: Option<Claimed>,
 }
 
 impl Job {
@@ -170,7 +184,34 @@ impl Job {
             fallback,
             encrypt: None,
             user_info: None,
+            late: None,
+            claimed: None,
         }
+    }
+
+    /// Adds what a rule with `late` needs for `msg`: the message's key, its rendered
+    /// `pending`, the split size, the fallback as an answer to keep, and the account's
+    /// credentials for customer-service messages at `api_base`. No-op without `late`.
+    pub fn with_late(
+        &mut self,
+        msg: &Message<'_>,
+        account: &crate::config::Account,
+        api_base: &str,
+        text_max_bytes: usize,
+    ) {
+        let Some(settings) = &self.forward.late else {
+            return;
+        };
+        self.late = Some(Box::new(late::hub::LateJob::new(
+            settings,
+            &self.forward,
+            msg,
+            account,
+            api_base,
+            dedup_key(&self.account, msg),
+            self.limits,
+            text_max_bytes,
+        )));
     }
 }
 
@@ -208,7 +249,8 @@ impl Waiter {
 enum Task {
     Message {
         job: Box<Job>,
-        waiter: Waiter,
+        /// `None` for a job on a `late` rule: its requests wait in the late hub.
+        waiter: Option<Waiter>,
     },
     OAuth {
         job: Box<oauth::OAuthJob>,
@@ -221,23 +263,34 @@ pub struct Forwarder {
     settings: ForwardSettings,
     busy: Arc<AtomicUsize>,
     dedup: Arc<Table<Waiter, Shared>>,
-    /// With `shared_state`: retries' claims and answers shared with other instances.
-    claims: Option<ClaimThread>,
-    sender: OnceLock<SyncSender<Task>>,
+    /// Threads for programs (`exec`), `user_info` lookups and menu OAuth, started as needed
+    /// up to `slots`.
+    pool: OnceLock<Pool>,
+    /// Backend HTTP calls (`url` targets), all on one epoll thread; `None` if it cannot start.
+    http: OnceLock<Option<Arc<HttpLoop>>>,
     /// `userInfo` lookups (access tokens and user infos in a byte-bounded store).
     user_info: Arc<userinfo::UserInfo>,
     /// Forward results and retry-table hits, for the status page.
     metrics: Arc<Metrics>,
+    /// Late answers (started with the first message on a `late` rule, which also reads the
+    /// state file), with their global settings.
+    hub: OnceLock<Arc<late::hub::Hub>>,
+    late: LateSettings,
+    /// With `shared_state`: retries' claims and answers shared with other instances.
+    claims: Option<ClaimThread>,
+    /// With `shared_state`: the shared store, also for late answers' claims and attempt counts.
+    shared: Option<Arc<dyn crate::state::Store>>,
 }
 
 impl Forwarder {
     /// `shared`: the store shared with other instances (`shared_state`), if any.
     pub fn new(
         settings: ForwardSettings,
+        late: LateSettings,
         metrics: Arc<Metrics>,
         shared: Option<Arc<dyn crate::state::Store>>,
     ) -> Forwarder {
-        let claims = shared.and_then(|store| {
+        let claims = shared.clone().and_then(|store| {
             // Each waiting attempt holds a slot; finishes come one per slot at a time too.
             let capacity = 4 * settings.slots + 16;
             ClaimThread::start(Claims::new(store), capacity)
@@ -248,14 +301,18 @@ impl Forwarder {
         });
         Forwarder {
             claims,
+            shared,
             settings,
             metrics,
+            pool: OnceLock::new(),
+            http: OnceLock::new(),
+            hub: OnceLock::new(),
+            late,
             busy: Arc::new(AtomicUsize::new(0)),
             dedup: Arc::new(Table::new(
                 Duration::from_secs(settings.dedup_seconds),
                 settings.dedup_entries,
             )),
-            sender: OnceLock::new(),
             user_info: Arc::new(userinfo::UserInfo::new(Arc::new(
                 crate::state::MemoryStore::new(userinfo::STORE_BUDGET),
             ))),
@@ -273,11 +330,40 @@ impl Forwarder {
         self.settings.dedup_seconds > 0
     }
 
+    /// True while a backend call, program or customer-service push is running, even when
+    /// no request waits for it (a late answer): the process must not exit when idle.
+    pub fn working(&self) -> bool {
+        self.busy.load(Ordering::Acquire) > 0 || self.hub.get().is_some_and(|h| h.busy())
+    }
+
+    /// Saves what must survive the process (kept late answers), at exit.
+    pub fn flush(&self) {
+        if let Some(hub) = self.hub.get() {
+            hub.flush();
+        }
+    }
+
+    fn hub(&self) -> Arc<late::hub::Hub> {
+        Arc::clone(self.hub.get_or_init(|| {
+            // Kept parts get a store of their own, the one saved to the state file; twice the
+            // per-account byte bound covers the store's per-entry overhead.
+            let budget = self.late.max_bytes.saturating_mul(2).max(1 << 20);
+            let kept = Arc::new(crate::state::MemoryStore::new(budget));
+            // Claims and attempt counts are shared with other instances (`shared_state`); the
+            // kept parts stay with the instance that called the backend.
+            let store: Arc<dyn crate::state::Store> = match &self.shared {
+                Some(shared) => Arc::clone(shared),
+                None => Arc::new(crate::state::MemoryStore::new(LATE_STORE_BYTES)),
+            };
+            late::hub::Hub::new(self.late.clone(), store, kept)
+        }))
+    }
+
     /// Answers `job` through `complete`: from the de-duplication table, by parking it on an
     /// attempt in flight, on a forward thread, or with the fallback when every slot is busy.
     /// Never blocks (called on a FastCGI worker). With shared state, a new attempt first goes
     /// to the claims thread ([`claim`]), which dispatches it or answers it.
-    pub fn submit(self: &Arc<Self>, job: Job, complete: Complete) {
+    pub fn submit(self: &Arc<Self>, mut job: Job, complete: Complete) {
         let waiter = Waiter {
             complete,
             encrypt: job.encrypt.clone(),
@@ -290,6 +376,12 @@ impl Forwarder {
                 })
                 .is_ok()
         };
+        if let Some(late) = job.late.as_deref_mut() {
+            let hub = self.hub();
+            late.hub = Some(Arc::clone(&hub));
+            hub.submit(job, waiter, acquire, |job| self.dispatch(job, None));
+            return;
+        }
         let waiter = match &job.key {
             Some(key) => match self.dedup.begin(key, waiter, acquire, Instant::now()) {
                 Begin::Done(answer, waiter) => {
@@ -317,46 +409,79 @@ impl Forwarder {
             None if acquire() => waiter,
             None => return busy(job, waiter, &self.metrics),
         };
-        let (job, waiter) = match (&self.claims, &job.key) {
-            (Some(claims), Some(retry_key)) => {
-                let key = Claims::key(&job.account, retry_key);
-                let ttl = job.forward.timeout + claim::CLAIM_MARGIN;
-                let attempt = Box::new(SharedAttempt {
-                    forwarder: Arc::clone(self),
-                    job,
-                    waiter,
-                });
-                return claims.begin(key, ttl, attempt);
-            }
-            _ => (job, waiter),
-        };
-        self.dispatch(job, waiter);
+        if let (Some(claims), Some(retry_key)) = (&self.claims, &job.key) {
+            let key = Claims::key(&job.account, retry_key);
+            let ttl = job.forward.timeout + claim::CLAIM_MARGIN;
+            let keep = Duration::from_secs(self.settings.dedup_seconds);
+            job.claimed = Some(Claimed::new(claims.clone(), key.clone(), keep));
+            let attempt = Box::new(SharedAttempt {
+                forwarder: Arc::clone(self),
+                job,
+                waiter,
+            });
+            return claims.begin(key, ttl, attempt);
+        }
+        self.dispatch(job, Some(waiter));
     }
 
     /// Starts the backend call or program of `job`, which holds a slot.
-    fn dispatch(&self, job: Job, waiter: Waiter) {
-        let sender = self.sender.get_or_init(|| self.spawn());
-        if let Err(e) = sender.try_send(Task::Message {
+    fn dispatch(&self, job: Job, waiter: Option<Waiter>) {
+        if let (Target::Http { url }, None) = (&job.forward.target, &job.user_info) {
+            return self.submit_http(
+                format!("{}{}", url.trim_end_matches('/'), job.path),
+                job,
+                waiter,
+            );
+        }
+        if let Err(task) = self.send_task(Task::Message {
             job: Box::new(job),
             waiter,
         }) {
             // Cannot happen while busy <= slots; answer rather than drop.
-            let (std::sync::mpsc::TrySendError::Full(task)
-            | std::sync::mpsc::TrySendError::Disconnected(task)) = e;
-            let Task::Message { job, waiter } = task else {
+            let Task::Message { job, waiter } = *task else {
                 return;
             };
-            let job = *job;
-            self.busy.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.forward(status::Forward::Fallback);
-            crate::log_warn!(
-                "forward account={} rule={} result=fallback reason=\"forward queue full\"",
-                job.account,
-                job.rule
-            );
-            let answer: Shared = Arc::new(job.fallback.clone());
-            finish_all(&self.dedup, &job, waiter, &answer);
+            let result = Ok(Err("forward queue full".to_string()));
+            let ctx = (&*self.busy, &*self.dedup, &*self.metrics);
+            complete(&job, waiter, result, Instant::now(), ctx);
         }
+    }
+
+    /// Calls the backend on the HTTP loop; the loop's thread completes the request.
+    fn submit_http(&self, url: String, mut job: Job, waiter: Option<Waiter>) {
+        let http = self.http.get_or_init(|| match HttpLoop::start() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                crate::log_error!("cannot start the backend HTTP thread: {e}");
+                None
+            }
+        });
+        let busy = Arc::clone(&self.busy);
+        let dedup = Arc::clone(&self.dedup);
+        let metrics = Arc::clone(&self.metrics);
+        let Some(http) = http else {
+            let result = Ok(Err("cannot start the backend HTTP thread".to_string()));
+            return complete(
+                &job,
+                waiter,
+                result,
+                Instant::now(),
+                (&busy, &dedup, &metrics),
+            );
+        };
+        let started = Instant::now();
+        let body = std::mem::take(&mut job.body);
+        http.post_json(
+            &url,
+            &body,
+            job.forward.timeout,
+            Box::new(move |answer| {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    answer.and_then(|a| backend::interpret(a.status, &a.body))
+                }));
+                complete(&job, waiter, result, started, (&busy, &dedup, &metrics));
+            }),
+        );
     }
 
     /// Completes a menu OAuth redirect on a forward thread; 503 at once when every slot is busy.
@@ -376,40 +501,70 @@ impl Forwarder {
             complete(Answer::plain(503, "busy, try again\n"));
             return;
         }
-        let sender = self.sender.get_or_init(|| self.spawn());
-        if let Err(e) = sender.try_send(Task::OAuth { job, complete }) {
+        if let Err(task) = self.send_task(Task::OAuth { job, complete }) {
             self.busy.fetch_sub(1, Ordering::AcqRel);
-            let (std::sync::mpsc::TrySendError::Full(task)
-            | std::sync::mpsc::TrySendError::Disconnected(task)) = e;
-            if let Task::OAuth { complete, .. } = task {
+            if let Task::OAuth { complete, .. } = *task {
                 complete(Answer::plain(503, "busy, try again\n"));
             }
         }
     }
 
-    fn spawn(&self) -> SyncSender<Task> {
-        let (tx, rx) = sync_channel::<Task>(self.settings.slots);
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..self.settings.slots {
-            let rx = Arc::clone(&rx);
+    /// Queues `task` for a pool thread, starting one when every started thread is busy.
+    /// Idle threads stay for later tasks. Gives the task back when the queue is full or gone.
+    fn send_task(&self, task: Task) -> Result<(), Box<Task>> {
+        let pool = self.pool.get_or_init(|| {
+            let (tx, rx) = sync_channel::<Task>(self.settings.slots);
+            Pool {
+                tx,
+                rx: Arc::new(Mutex::new(rx)),
+                threads: AtomicUsize::new(0),
+                idle: Arc::new(AtomicUsize::new(0)),
+                queued: Arc::new(AtomicUsize::new(0)),
+            }
+        });
+        if let Err(
+            std::sync::mpsc::TrySendError::Full(task)
+            | std::sync::mpsc::TrySendError::Disconnected(task),
+        ) = pool.tx.try_send(task)
+        {
+            return Err(Box::new(task));
+        }
+        let queued = pool.queued.fetch_add(1, Ordering::AcqRel) + 1;
+        let threads = pool.threads.load(Ordering::Acquire);
+        if queued > pool.idle.load(Ordering::Acquire) && threads < self.settings.slots {
+            pool.threads.fetch_add(1, Ordering::AcqRel);
+            let rx = Arc::clone(&pool.rx);
+            let counts = [Arc::clone(&pool.idle), Arc::clone(&pool.queued)];
             let busy = Arc::clone(&self.busy);
             let dedup = Arc::clone(&self.dedup);
             let user_info = Arc::clone(&self.user_info);
             let metrics = Arc::clone(&self.metrics);
-            let shared = (self.claims.clone())
-                .map(|c| (c, Duration::from_secs(self.settings.dedup_seconds)));
             let spawned = std::thread::Builder::new()
-                .name(format!("forward-{i}"))
+                .name(format!("forward-{threads}"))
                 .spawn(move || {
-                    forward_thread(&rx, &busy, &dedup, &user_info, &metrics, shared.as_ref())
+                    forward_thread(&rx, &counts, (&busy, &dedup, &metrics), &user_info);
                 });
             if let Err(e) = spawned {
-                crate::log_error!("cannot start forward thread {i}: {e}");
+                pool.threads.fetch_sub(1, Ordering::AcqRel);
+                crate::log_error!("cannot start forward thread {threads}: {e}");
             }
         }
-        tx
+        Ok(())
     }
 }
+
+/// The threads for programs, `user_info` lookups and OAuth, and their queue.
+struct Pool {
+    tx: SyncSender<Task>,
+    rx: Arc<Mutex<Receiver<Task>>>,
+    threads: AtomicUsize,
+    /// Threads waiting for a task, and tasks not yet taken by a thread.
+    idle: Arc<AtomicUsize>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// What completing a call updates: the slot count, the retry table, the status counters.
+type Ctx<'a> = (&'a AtomicUsize, &'a Table<Waiter, Shared>, &'a Metrics);
 
 /// No slot free (or too many retries parked): the fallback at once, not stored.
 fn busy(job: Job, waiter: Waiter, metrics: &Metrics) {
@@ -422,25 +577,25 @@ fn busy(job: Job, waiter: Waiter, metrics: &Metrics) {
     waiter.answer(job.fallback.as_deref());
 }
 
-/// `shared`: the claims thread and how long answers are kept in the shared store.
 fn forward_thread(
     rx: &Mutex<Receiver<Task>>,
-    busy: &AtomicUsize,
-    dedup: &Table<Waiter, Shared>,
+    [idle, queued]: &[Arc<AtomicUsize>; 2],
+    ctx: Ctx<'_>,
     user_info: &userinfo::UserInfo,
-    metrics: &Metrics,
-    shared: Option<&(ClaimThread, Duration)>,
 ) {
     loop {
+        idle.fetch_add(1, Ordering::AcqRel);
         let task = {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
             rx.recv()
         };
+        idle.fetch_sub(1, Ordering::AcqRel);
+        queued.fetch_sub(1, Ordering::AcqRel);
         let (job, waiter) = match task {
             Ok(Task::Message { job, waiter }) => (*job, waiter),
             Ok(Task::OAuth { job, complete }) => {
                 oauth_task(&job, complete, user_info);
-                busy.fetch_sub(1, Ordering::AcqRel);
+                ctx.0.fetch_sub(1, Ordering::AcqRel);
                 continue;
             }
             Err(_) => return,
@@ -448,109 +603,64 @@ fn forward_thread(
         let started = Instant::now();
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job, user_info)));
-        let ms = started.elapsed().as_millis();
-        metrics.forward(match result {
-            Ok(Ok(_)) => status::Forward::Ok,
-            _ => status::Forward::Fallback,
-        });
-        let answer: Shared = match result {
-            Ok(Ok(reply)) => {
-                crate::log_info!(
-                    "forward account={} rule={} result=ok ms={ms}",
-                    job.account,
-                    job.rule
-                );
-                Arc::new(render(&job, &reply))
-            }
-            Ok(Err(reason)) => {
-                crate::log_warn!(
-                    "forward account={} rule={} result=fallback reason=\"{}\" ms={ms}",
-                    job.account,
-                    job.rule,
-                    reason.escape_debug()
-                );
-                Arc::new(job.fallback.clone())
-            }
-            Err(_) => {
-                crate::log_error!(
-                    "forward account={} rule={} result=fallback reason=\"internal error\"",
-                    job.account,
-                    job.rule
-                );
-                Arc::new(job.fallback.clone())
-            }
-        };
-        busy.fetch_sub(1, Ordering::AcqRel);
-        if let (Some((claims, keep)), Some(retry_key)) = (shared, &job.key) {
-            let key = Claims::key(&job.account, retry_key);
-            claims.finish(key, answer.as_deref(), *keep);
-        }
-        finish_all(dedup, &job, waiter, &answer);
+        complete(&job, waiter, result, started, ctx);
     }
 }
 
-/// A new attempt at a message that goes through the claims thread first ([`claim`]).
-struct SharedAttempt {
-    forwarder: Arc<Forwarder>,
-    job: Job,
-    waiter: Waiter,
-}
-
-impl Claimant for SharedAttempt {
-    fn call(self: Box<Self>, took_over: Option<Duration>) {
-        let SharedAttempt {
-            forwarder,
-            job,
-            waiter,
-        } = *self;
-        if let Some(waited) = took_over {
+/// Logs the outcome of a backend call or program run, renders the answer (or the fallback),
+/// frees the slot and answers every request waiting for it — or, on a `late` rule, hands the
+/// answer to the late hub.
+fn complete(
+    job: &Job,
+    waiter: Option<Waiter>,
+    result: std::thread::Result<Result<OwnedReply, String>>,
+    started: Instant,
+    (busy, dedup, metrics): Ctx<'_>,
+) {
+    let ms = started.elapsed().as_millis();
+    metrics.forward(match result {
+        Ok(Ok(_)) => status::Forward::Ok,
+        _ => status::Forward::Fallback,
+    });
+    if let Some(hub) = job.late.as_ref().and_then(|l| l.hub.clone()) {
+        busy.fetch_sub(1, Ordering::AcqRel);
+        let result = result.unwrap_or_else(|_| Err("internal error".to_string()));
+        hub.finished(job, result, ms);
+        return;
+    }
+    let Some(waiter) = waiter else {
+        busy.fetch_sub(1, Ordering::AcqRel);
+        return;
+    };
+    let answer: Shared = match result {
+        Ok(Ok(reply)) => {
+            crate::log_info!(
+                "forward account={} rule={} result=ok ms={ms}",
+                job.account,
+                job.rule
+            );
+            Arc::new(render(job, &reply))
+        }
+        Ok(Err(reason)) => {
             crate::log_warn!(
-                "forward account={} rule={} result=claim-expired reason=\"another instance's \
-                 claim expired without an answer\" waited_ms={}: calling the backend",
+                "forward account={} rule={} result=fallback reason=\"{}\" ms={ms}",
                 job.account,
                 job.rule,
-                waited.as_millis()
+                reason.escape_debug()
             );
+            Arc::new(job.fallback.clone())
         }
-        forwarder.dispatch(job, waiter);
-    }
-
-    fn answered(self: Box<Self>, answer: Option<Vec<u8>>, waited: Duration) {
-        self.forwarder.metrics.retry_hit();
-        crate::log_info!(
-            "forward account={} rule={} result=duplicate-answered-shared ms={}",
-            self.job.account,
-            self.job.rule,
-            waited.as_millis()
-        );
-        self.done(Arc::new(answer));
-    }
-
-    fn gave_up(self: Box<Self>, waited: Duration) {
-        self.forwarder.metrics.forward(status::Forward::Fallback);
-        crate::log_warn!(
-            "forward account={} rule={} result=fallback reason=\"another instance still holds \
-             the claim\" ms={}",
-            self.job.account,
-            self.job.rule,
-            waited.as_millis()
-        );
-        let fallback = Arc::new(self.job.fallback.clone());
-        self.done(fallback);
-    }
-}
-
-impl SharedAttempt {
-    /// Frees the slot and answers the attempt and every retry parked on it.
-    fn done(self: Box<Self>, answer: Shared) {
-        let SharedAttempt {
-            forwarder,
-            job,
-            waiter,
-        } = *self;
-        forwarder.busy.fetch_sub(1, Ordering::AcqRel);
-        finish_all(&forwarder.dedup, &job, waiter, &answer);
-    }
+        Err(_) => {
+            crate::log_error!(
+                "forward account={} rule={} result=fallback reason=\"internal error\"",
+                job.account,
+                job.rule
+            );
+            Arc::new(job.fallback.clone())
+        }
+    };
+    busy.fetch_sub(1, Ordering::AcqRel);
+    finish_all(dedup, job, waiter, &answer);
 }
 
 fn oauth_task(job: &oauth::OAuthJob, complete: Complete, user_info: &userinfo::UserInfo) {
@@ -586,8 +696,78 @@ fn oauth_task(job: &oauth::OAuthJob, complete: Complete, user_info: &userinfo::U
     }
 }
 
-/// Answers the request and every retry parked on it, and stores the answer.
+/// A new attempt at a message that goes through the claims thread first ([`claim`]).
+struct SharedAttempt {
+    forwarder: Arc<Forwarder>,
+    job: Job,
+    waiter: Waiter,
+}
+
+impl Claimant for SharedAttempt {
+    fn call(self: Box<Self>, took_over: Option<Duration>) {
+        let SharedAttempt {
+            forwarder,
+            job,
+            waiter,
+        } = *self;
+        if let Some(waited) = took_over {
+            crate::log_warn!(
+                "forward account={} rule={} result=claim-expired reason=\"another instance's \
+                 claim expired without an answer\" waited_ms={}: calling the backend",
+                job.account,
+                job.rule,
+                waited.as_millis()
+            );
+        }
+        forwarder.dispatch(job, Some(waiter));
+    }
+
+    fn answered(self: Box<Self>, answer: Option<Vec<u8>>, waited: Duration) {
+        self.forwarder.metrics.retry_hit();
+        crate::log_info!(
+            "forward account={} rule={} result=duplicate-answered-shared ms={}",
+            self.job.account,
+            self.job.rule,
+            waited.as_millis()
+        );
+        self.done(Arc::new(answer));
+    }
+
+    fn gave_up(self: Box<Self>, waited: Duration) {
+        self.forwarder.metrics.forward(status::Forward::Fallback);
+        crate::log_warn!(
+            "forward account={} rule={} result=fallback reason=\"another instance still holds \
+             the claim\" ms={}",
+            self.job.account,
+            self.job.rule,
+            waited.as_millis()
+        );
+        let fallback = Arc::new(self.job.fallback.clone());
+        self.done(fallback);
+    }
+}
+
+impl SharedAttempt {
+    /// Frees the slot and answers the attempt and every retry parked on it; the answer is
+    /// another instance's (or a fallback), so nothing goes back to the shared store.
+    fn done(self: Box<Self>, answer: Shared) {
+        let SharedAttempt {
+            forwarder,
+            mut job,
+            waiter,
+        } = *self;
+        job.claimed = None;
+        forwarder.busy.fetch_sub(1, Ordering::AcqRel);
+        finish_all(&forwarder.dedup, &job, waiter, &answer);
+    }
+}
+
+/// Answers the request and every retry parked on it, and stores the answer (in the shared
+/// store too when this instance claimed the message).
 fn finish_all(dedup: &Table<Waiter, Shared>, job: &Job, waiter: Waiter, answer: &Shared) {
+    if let Some(claimed) = &job.claimed {
+        claimed.finish(answer.as_deref());
+    }
     let parked = match &job.key {
         Some(key) => dedup.complete(key, Arc::clone(answer), Instant::now()),
         None => Vec::new(),
@@ -628,14 +808,24 @@ fn run(job: &Job, user_info: &userinfo::UserInfo) -> Result<OwnedReply, String> 
 
 /// Renders a backend reply as reply XML; `None` for no reply.
 fn render(job: &Job, reply: &OwnedReply) -> Option<Vec<u8>> {
+    render_to(&job.to_user, &job.from_user, &job.limits, reply)
+}
+
+/// Renders `reply` as a reply to `to_user` (an OpenID) from `from_user` (the account's id).
+fn render_to(
+    to_user: &str,
+    from_user: &str,
+    limits: &Limits,
+    reply: &OwnedReply,
+) -> Option<Vec<u8>> {
     let reply = reply.as_ref()?;
     let envelope = Envelope {
-        to_user: &job.to_user,
-        from_user: &job.from_user,
+        to_user,
+        from_user,
         create_time: unix_time(),
     };
     let mut out = Vec::with_capacity(512);
-    reply::render(reply, &envelope, &job.limits, &mut out);
+    reply::render(reply, &envelope, limits, &mut out);
     Some(out)
 }
 

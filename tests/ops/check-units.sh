@@ -98,8 +98,9 @@ check_exposure() { # check_exposure LABEL
 }
 if command -v systemd-analyze >/dev/null; then
     check_exposure "weixin-fcgi.service"
-    # Each drop-in on its own: forwarding.conf (backends), shared-state.conf (Redis over TCP).
-    for dropin in forwarding.conf shared-state.conf; do
+    # Each drop-in on its own: forwarding.conf (backends), wechat-api.conf (the WeChat API),
+    # shared-state.conf (Redis over TCP).
+    for dropin in forwarding.conf wechat-api.conf shared-state.conf; do
         cp "$SYSTEMD_DIR/$dropin" "$UNITDIR/weixin-fcgi.service.d/"
         check_exposure "weixin-fcgi.service + $dropin"
         rm "$UNITDIR/weixin-fcgi.service.d/$dropin"
@@ -129,7 +130,7 @@ verify() { # verify LABEL: systemd-analyze verify both units in $ROOT; any outpu
 }
 if command -v systemd-analyze >/dev/null; then
     verify "weixin-fcgi.socket, weixin-fcgi.service"
-    for dropin in forwarding.conf shared-state.conf; do
+    for dropin in forwarding.conf wechat-api.conf shared-state.conf; do
         cp "$SYSTEMD_DIR/$dropin" "$UNITDIR/weixin-fcgi.service.d/"
         verify "with $dropin"
         rm "$UNITDIR/weixin-fcgi.service.d/$dropin"
