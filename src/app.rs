@@ -88,6 +88,18 @@ impl Handler for App {
             ..Outcomes::default()
         };
         let result = serve(&config, request, response, &mut log);
+        // Menu OAuth is admitted (rate limit, own pool) before anything is logged: a refused
+        // GET costs no outbound call and no line of its own (the pool logs a throttled summary).
+        let mut admitted = None;
+        if let Some(job) = &log.oauth {
+            match self.forwarder.oauth.admit(&job.account) {
+                Ok(a) => admitted = Some(a),
+                Err(refusal) => {
+                    refusal.answer(response);
+                    return Outcome::Done;
+                }
+            }
+        }
         let micros = started.elapsed().as_micros();
         match result {
             Ok(()) => crate::log_info!(
@@ -111,12 +123,12 @@ impl Handler for App {
             ),
         }
         let forwarder = Arc::clone(&self.forwarder);
-        match (log.deferred.take(), log.oauth.take()) {
+        match (log.deferred.take(), log.oauth.take().zip(admitted)) {
             (Some(job), _) => {
                 Outcome::Later(Box::new(move |pending| forwarder.submit(*job, pending)))
             }
-            (None, Some(job)) => Outcome::Later(Box::new(move |pending| {
-                forwarder.submit_oauth(*job, pending)
+            (None, Some((job, admitted))) => Outcome::Later(Box::new(move |pending| {
+                forwarder.submit_oauth(*job, admitted, pending)
             })),
             (None, None) => Outcome::Done,
         }
@@ -219,6 +231,9 @@ fn oauth_redirect<'c>(
     let Some(code) = text("code").filter(|c| !c.is_empty()) else {
         return refuse(response, 400, "OAuth redirect without code");
     };
+    if !oauth_code_well_formed(&code) {
+        return refuse(response, 400, "OAuth code is not a short token");
+    }
     let (Some(app_id), Some(secret), Some(handler)) =
         (&account.app_id, &account.app_secret, &account.menu_handler)
     else {
@@ -235,6 +250,15 @@ fn oauth_redirect<'c>(
     }));
     log.outcome = "oauth";
     Ok(())
+}
+
+/// WeChat's OAuth codes are 32 letters and digits; anything far from that is refused before it
+/// costs an outbound call.
+fn oauth_code_well_formed(code: &str) -> bool {
+    code.len() <= 128
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn refuse(response: &mut Response, status: u16, reason: &'static str) -> Result<(), &'static str> {

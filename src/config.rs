@@ -73,7 +73,8 @@ pub struct Config {
     pub idle_exit: u64,
     /// `forward_slots` (default 8, 1..=256), `dedup_seconds` (default 30, 0 = off, ..=3600),
     /// `dedup_entries` (default 4096, 16..=1048576): the forward pool and retry table. Fixed at
-    /// start (a reload keeps the running pool).
+    /// start (a reload keeps the running pool). `oauth_slots` (default 2, 1..=64) and
+    /// `oauth_rate` (default 10 per second per account, 1..=10000): menu OAuth's own pool.
     pub forward: crate::forward::Settings,
     /// `oauth_api_base`: the WeChat API for menu OAuth (default `https://api.weixin.qq.com`;
     /// https needs the `tls` cargo feature).
@@ -545,6 +546,8 @@ const TOP_KEYS: &[&str] = &[
     "dedup_seconds",
     "dedup_entries",
     "oauth_api_base",
+    "oauth_slots",
+    "oauth_rate",
     "account",
 ];
 
@@ -593,6 +596,10 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         slots: top.usize("forward_slots", defaults.slots as u64, 1, 256)?,
         dedup_seconds: top.uint("dedup_seconds", defaults.dedup_seconds, 0, 3600)?,
         dedup_entries: top.usize("dedup_entries", defaults.dedup_entries as u64, 16, 1 << 20)?,
+        oauth: crate::forward::oauth_pool::OAuthSettings {
+            slots: top.usize("oauth_slots", defaults.oauth.slots as u64, 1, 64)?,
+            rate: top.uint("oauth_rate", defaults.oauth.rate.into(), 1, 10_000)? as u32,
+        },
     };
 
     let oauth_api_base = match top.non_empty_str("oauth_api_base")? {

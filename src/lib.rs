@@ -16,6 +16,7 @@ pub mod listener;
 pub mod log;
 pub mod notify;
 pub mod query;
+pub mod ratelimit;
 pub mod rules;
 pub mod state;
 pub mod wechat;

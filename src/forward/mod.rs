@@ -20,6 +20,7 @@ pub mod backend;
 pub mod dedup;
 pub mod exec;
 pub mod oauth;
+pub mod oauth_pool;
 
 use crate::fastcgi::{Pending, Response};
 use crate::rules::ReplyTemplate;
@@ -55,13 +56,16 @@ pub enum Target {
     },
 }
 
-/// Global settings (`forward_slots`, `dedup_seconds`, `dedup_entries`).
+/// Global settings (`forward_slots`, `dedup_seconds`, `dedup_entries`, `oauth_slots`,
+/// `oauth_rate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
     pub slots: usize,
     /// 0 turns de-duplication off.
     pub dedup_seconds: u64,
     pub dedup_entries: usize,
+    /// Menu OAuth's own pool and rate limit.
+    pub oauth: oauth_pool::OAuthSettings,
 }
 
 impl Default for Settings {
@@ -70,6 +74,7 @@ impl Default for Settings {
             slots: 8,
             dedup_seconds: 30,
             dedup_entries: 4096,
+            oauth: oauth_pool::OAuthSettings::default(),
         }
     }
 }
@@ -192,22 +197,17 @@ pub fn write_reply(reply_xml: Option<&[u8]>, encrypt: Option<&Encrypt>, response
 }
 
 enum Task {
-    Message {
-        job: Box<Job>,
-        waiter: Waiter,
-    },
-    OAuth {
-        job: oauth::OAuthJob,
-        pending: Pending,
-    },
+    Message { job: Box<Job>, waiter: Waiter },
 }
 
-/// The forward pool and the de-duplication table.
+/// The forward pool, the de-duplication table, and menu OAuth's own pool.
 pub struct Forwarder {
     settings: Settings,
     busy: Arc<AtomicUsize>,
     dedup: Arc<Table<Waiter, Answer>>,
     sender: OnceLock<SyncSender<Task>>,
+    /// Separate from the forward slots: unsigned OAuth GETs never starve messages.
+    pub oauth: oauth_pool::OAuthPool,
 }
 
 impl Forwarder {
@@ -220,6 +220,7 @@ impl Forwarder {
                 settings.dedup_entries,
             )),
             sender: OnceLock::new(),
+            oauth: oauth_pool::OAuthPool::new(settings.oauth),
         }
     }
 
@@ -277,9 +278,7 @@ impl Forwarder {
             // Cannot happen while busy <= slots; answer rather than drop.
             let (std::sync::mpsc::TrySendError::Full(task)
             | std::sync::mpsc::TrySendError::Disconnected(task)) = e;
-            let Task::Message { job, waiter } = task else {
-                return;
-            };
+            let Task::Message { job, waiter } = task;
             let job = *job;
             self.busy.fetch_sub(1, Ordering::AcqRel);
             crate::log_warn!(
@@ -292,32 +291,14 @@ impl Forwarder {
         }
     }
 
-    /// Completes a menu OAuth redirect on a forward thread; 503 at once when every slot is busy.
-    pub fn submit_oauth(&self, job: oauth::OAuthJob, pending: Pending) {
-        let slots = self.settings.slots;
-        let acquired = self
-            .busy
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < slots).then_some(n + 1)
-            })
-            .is_ok();
-        if !acquired {
-            crate::log_warn!(
-                "oauth account={} result=error reason=\"all forward slots busy\"",
-                job.account
-            );
-            pending.finish(|r| r.plain(503, "busy, try again\n"));
-            return;
-        }
-        let sender = self.sender.get_or_init(|| self.spawn());
-        if let Err(e) = sender.try_send(Task::OAuth { job, pending }) {
-            self.busy.fetch_sub(1, Ordering::AcqRel);
-            let (std::sync::mpsc::TrySendError::Full(task)
-            | std::sync::mpsc::TrySendError::Disconnected(task)) = e;
-            if let Task::OAuth { pending, .. } = task {
-                pending.finish(|r| r.plain(503, "busy, try again\n"));
-            }
-        }
+    /// Completes an admitted menu OAuth redirect on the OAuth pool (see [`oauth_pool`]).
+    pub fn submit_oauth(
+        &self,
+        job: oauth::OAuthJob,
+        admitted: oauth_pool::Admitted,
+        pending: Pending,
+    ) {
+        self.oauth.submit(job, admitted, pending);
     }
 
     fn spawn(&self) -> SyncSender<Task> {
@@ -356,11 +337,6 @@ fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<
         };
         let (job, waiter) = match task {
             Ok(Task::Message { job, waiter }) => (*job, waiter),
-            Ok(Task::OAuth { job, pending }) => {
-                oauth_task(&job, pending);
-                busy.fetch_sub(1, Ordering::AcqRel);
-                continue;
-            }
             Err(_) => return,
         };
         let started = Instant::now();
@@ -395,41 +371,6 @@ fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<
         };
         busy.fetch_sub(1, Ordering::AcqRel);
         finish_all(dedup, &job, waiter, &answer);
-    }
-}
-
-fn oauth_task(job: &oauth::OAuthJob, pending: Pending) {
-    let started = Instant::now();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| oauth::run(job)));
-    let ms = started.elapsed().as_millis();
-    match result {
-        Ok(Ok(page)) => {
-            crate::log_info!(
-                "oauth account={} result={} ms={ms}",
-                job.account,
-                if page.redirect.is_empty() {
-                    "page"
-                } else {
-                    "redirect"
-                }
-            );
-            pending.finish(|r| page.write(r));
-        }
-        Ok(Err(reason)) => {
-            crate::log_warn!(
-                "oauth account={} result=error reason=\"{}\" ms={ms}",
-                job.account,
-                reason.escape_debug()
-            );
-            pending.finish(|r| r.plain(502, "menu handler unavailable\n"));
-        }
-        Err(_) => {
-            crate::log_error!(
-                "oauth account={} result=error reason=\"internal error\"",
-                job.account
-            );
-            pending.finish(|r| r.plain(500, "internal error\n"));
-        }
     }
 }
 
