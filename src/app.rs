@@ -6,6 +6,7 @@
 //! The transport answers 413 for bodies over `max_body` before this runs.
 
 use crate::config::{Account, Config};
+use crate::escape::LogValue;
 use crate::fastcgi::{Handler, Outcome, Request, Response};
 use crate::forward::{self, Forwarder};
 use crate::query;
@@ -106,8 +107,8 @@ impl Handler for App {
                 "request account={} mode={} type={} event={} rule={} outcome={} status={} user={:08x} us={}",
                 log.account,
                 log.mode,
-                or_dash(log.kind.as_str()),
-                or_dash(log.event.as_str()),
+                LogValue(or_dash(log.kind.as_str())),
+                LogValue(or_dash(log.event.as_str())),
                 or_dash(log.rule),
                 log.outcome,
                 response.status(),
@@ -173,9 +174,15 @@ fn serve<'c>(
             if !signed {
                 return refuse(response, 403, "signature mismatch");
             }
+            if !timestamp_fresh(&timestamp, config.timestamp_window) {
+                return refuse(response, 403, "timestamp outside timestamp_window");
+            }
             let Some(echostr) = query::get(query, "echostr") else {
                 return refuse(response, 400, "GET without echostr");
             };
+            if !echostr_is_token(&echostr) {
+                return refuse(response, 400, "echostr is not a short token");
+            }
             response.set_content_type(TEXT);
             response.body.extend_from_slice(&echostr);
             log.outcome = "echo";
@@ -252,6 +259,33 @@ fn oauth_redirect<'c>(
     Ok(())
 }
 
+/// Every message and event WeChat pushes to an Official Account names its type, the user and
+/// the account. A body without them (a payment notification, an open-platform push, broken
+/// input) is not something the rules can answer: a reply would go to nobody.
+fn user_message(msg: &Message<'_>) -> Result<(), &'static str> {
+    let present = |name| msg.get(name).is_some_and(|v| !v.trim().is_empty());
+    if !present("MsgType") {
+        Err("message without MsgType (not a user message or event)")
+    } else if !present("FromUserName") || !present("ToUserName") {
+        Err("message without FromUserName or ToUserName (not a user message or event)")
+    } else {
+        Ok(())
+    }
+}
+
+/// Longest `echostr` echoed back (WeChat sends a decimal number of up to 20 digits).
+const MAX_ECHOSTR: usize = 128;
+
+/// `echostr` is reflected into the response body, so only a short token is: 1 to
+/// [`MAX_ECHOSTR`] ASCII letters, digits, `-`, `_`, `.` or `~` — no markup, quotes or spaces.
+fn echostr_is_token(echostr: &[u8]) -> bool {
+    !echostr.is_empty()
+        && echostr.len() <= MAX_ECHOSTR
+        && echostr
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+}
+
 /// WeChat's OAuth codes are 32 letters and digits; anything far from that is refused before it
 /// costs an outbound call.
 fn oauth_code_well_formed(code: &str) -> bool {
@@ -300,6 +334,9 @@ fn post_plain<'c>(
         Ok(m) => m,
         Err(e) => return refuse(response, 400, e.as_str()),
     };
+    if let Err(reason) = user_message(&msg) {
+        return refuse(response, 400, reason);
+    }
     let replied = answer(
         config,
         account,
@@ -375,6 +412,9 @@ fn post_encrypted<'c>(
         Ok(m) => m,
         Err(e) => return refuse(response, 400, e.as_str()),
     };
+    if let Err(reason) = user_message(&msg) {
+        return refuse(response, 400, reason);
+    }
     reply.clear();
     let replied = answer(config, account, &msg, text, reply, log);
     if let Some(job) = &mut log.deferred {
@@ -466,9 +506,9 @@ fn answer<'c>(
         crate::log_debug!(
             "message account={} from={} type={} event={} content={:?}",
             account.name,
-            msg.from_user(),
-            msg.msg_type(),
-            msg.event(),
+            LogValue(msg.from_user()),
+            LogValue(msg.msg_type()),
+            LogValue(msg.event()),
             msg.get("Content").unwrap_or("")
         );
     }

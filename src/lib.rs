@@ -10,6 +10,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod escape;
 pub mod fastcgi;
 pub mod forward;
 pub mod listener;

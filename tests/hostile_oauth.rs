@@ -15,8 +15,8 @@ use common::*;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "oauthtoken";
@@ -310,4 +310,45 @@ fn oauth_calls_are_rate_limited_and_refusals_logged_once_per_interval() {
     let again = nginx.request("GET", "/wxoauth?code=AGAIN&state=s", b"");
     assert!(matches!(again.status, 200 | 429), "{}", again.status);
     assert!(t.elapsed() < Duration::from_secs(1));
+}
+
+/// Finding 5: the menu handler's header names must be HTTP tokens; `"Location:"`,
+/// `"Content-Length:"`, `"Content-Type\n"` and `"Status:"` used to get through the
+/// reserved-name check because `:`, CR and LF were stripped only afterwards.
+#[test]
+fn menu_handler_headers_must_be_tokens() {
+    let api = wechat_api(Duration::ZERO);
+    let menu = menu_handler(serde_json::json!({
+        "h": {
+            "Location:": "http://evil.example/",
+            "Content-Length:": "3",
+            "Content-Type\n": "text/evil",
+            "Status:": "500",
+            "X-Split": "a\r\nX-Injected: 1",
+            "Set-Cookie": "sid=1",
+        },
+        "r": "",
+        "c": "<p>menu page</p>",
+    }));
+    let backend = echo_backend();
+    let r = Responder::start(&config(&api, &menu, &backend, ""));
+    let nginx = nginx_for(&r);
+    let page = nginx.request("GET", "/wxoauth?code=CODE1&state=s", b"");
+    assert_eq!(page.status, 200, "{:?}\n{}", page, r.stderr());
+    assert_eq!(
+        page.text(),
+        "<p>menu page</p>",
+        "the whole body, not 3 bytes"
+    );
+    assert_eq!(page.header("Location"), None, "{:?}", page.headers);
+    assert_eq!(page.header("X-Injected"), None, "{:?}", page.headers);
+    assert_eq!(page.header("X-Split"), None, "{:?}", page.headers);
+    assert_eq!(
+        page.header("Content-Type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(page.header("Set-Cookie"), Some("sid=1"));
+    assert!(wait_for(Duration::from_secs(2), || r.stderr().contains(
+        "menu_handler: dropping header \"Location:\": name is not an HTTP token"
+    )));
 }

@@ -267,7 +267,9 @@ impl Response {
         out.extend_from_slice(reason(self.status).as_bytes());
         out.extend_from_slice(b"\r\nContent-Type: ");
         out.extend_from_slice(self.content_type.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        // Every body is what its Content-Type says; a browser must not guess (e.g. run a
+        // reflected value as HTML).
+        out.extend_from_slice(b"\r\nX-Content-Type-Options: nosniff\r\n");
         out.extend_from_slice(&self.headers);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);

@@ -19,6 +19,7 @@
 pub mod backend;
 pub mod dedup;
 pub mod exec;
+pub mod headers;
 pub mod oauth;
 pub mod oauth_pool;
 

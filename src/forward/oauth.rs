@@ -39,11 +39,8 @@ pub struct Page {
 
 impl Page {
     pub fn write(&self, response: &mut Response) {
-        for (name, value) in &self.headers {
-            let reserved = ["status", "content-type", "content-length", "location"];
-            if !reserved.iter().any(|r| name.eq_ignore_ascii_case(r)) {
-                response.add_header(name, value);
-            }
+        for (name, value) in super::headers::allowed(&self.headers, "menu_handler") {
+            response.add_header(name, value);
         }
         response.set_content_type(HTML);
         if self.redirect.is_empty() {

@@ -1,5 +1,6 @@
 //! Shared test harness: temp dirs, the real `weixin-fcgi` binary on a temp socket, a real
-//! nginx on a free loopback port that includes the repo's `nginx/weixin.conf` verbatim, a
+//! nginx on a free loopback port that includes the repo's `nginx/weixin.conf` verbatim (logs
+//! redirected to its temp dir) and the log format of `nginx/weixin-upstream.conf`, a
 //! minimal HTTP/1.1 client, and WeChat request signing.
 //!
 //! Tests needing nginx or cgi-fcgi expect them installed: `bash tests/run.sh` installs them.
@@ -182,7 +183,8 @@ pub fn free_port() -> u16 {
         .expect("port")
 }
 
-/// A real nginx on 127.0.0.1 with the repo's `nginx/weixin.conf` included verbatim and an
+/// A real nginx on 127.0.0.1 with the repo's `nginx/weixin.conf` included verbatim (logs
+/// redirected to its temp dir), the `log_format` of `nginx/weixin-upstream.conf`, and an
 /// upstream `weixin_fcgi` pointing at `socket`.
 pub struct Nginx {
     pub port: u16,
@@ -208,7 +210,8 @@ impl Nginx {
         // The snippet says `include fastcgi_params;`, resolved next to nginx.conf, as in /etc/nginx.
         std::fs::copy("/etc/nginx/fastcgi_params", dir.join("fastcgi_params"))
             .expect("/etc/nginx/fastcgi_params (Debian's nginx-common)");
-        let snippet = repo().join("nginx/weixin.conf");
+        let snippet = nginx_snippet(&dir);
+        let log_format = nginx_log_format();
         let keep = if keepalive {
             "keepalive 8; keepalive_timeout 4s;"
         } else {
@@ -224,7 +227,9 @@ pid {dir}/nginx.pid;
 error_log {dir}/logs/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-    access_log off;
+    # Like Debian's nginx.conf: every server logs in nginx's default (combined) format.
+    access_log {dir}/logs/access.log;
+    {log_format}
     client_body_temp_path {dir}/tmp/body;
     fastcgi_temp_path {dir}/tmp/fastcgi;
     proxy_temp_path {dir}/tmp/proxy;
@@ -273,6 +278,11 @@ http {{
         std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default()
     }
 
+    /// nginx's access log (the snippet's location logs here, in its own format).
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("logs/access.log")).unwrap_or_default()
+    }
+
     /// Sends an HTTP request to `path_and_query`.
     pub fn request(&self, method: &str, path_and_query: &str, body: &[u8]) -> HttpResponse {
         http(self.port, method, path_and_query, body)
@@ -284,6 +294,32 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The repo's `nginx/weixin.conf`, copied into `dir` with only `/var/log/nginx/` pointed at
+/// `dir/logs/` (a test must not write to, or need, the system's log directory).
+fn nginx_snippet(dir: &TempDir) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("nginx/weixin.conf")).expect("weixin.conf");
+    let logs = format!("{}/logs/", dir.path().display());
+    let copy = dir.join("weixin.conf");
+    std::fs::write(&copy, text.replace("/var/log/nginx/", &logs)).expect("write snippet");
+    copy
+}
+
+/// The `log_format` statement of the repo's `nginx/weixin-upstream.conf`, verbatim (the rest of
+/// that file names the deployment's socket, which the tests replace); empty if it has none.
+fn nginx_log_format() -> String {
+    let text = std::fs::read_to_string(repo().join("nginx/weixin-upstream.conf"))
+        .expect("weixin-upstream.conf");
+    let Some(start) = text
+        .lines()
+        .position(|l| l.trim_start().starts_with("log_format "))
+    else {
+        return String::new();
+    };
+    let rest: String = text.lines().skip(start).collect::<Vec<_>>().join("\n");
+    let end = rest.find(';').expect("log_format ends with ;");
+    rest[..=end].to_string()
 }
 
 fn nginx_bin() -> &'static str {
