@@ -94,5 +94,8 @@ reply = {{ type = "exec", command = ["/bin/echo", "plain"] }}
         !marker.exists(),
         "a background child outlived the timeout of its program"
     );
-    assert!(r.stderr().contains("rule=stuck result=fallback reason=\"timeout after 300 ms"));
+    assert!(
+        r.stderr()
+            .contains("rule=stuck result=fallback reason=\"timeout after 300 ms")
+    );
 }

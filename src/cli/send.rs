@@ -13,15 +13,16 @@
 
 use super::{Args, now, random_digits, usage_error};
 use crate::config::{Config, DEFAULT_DEMO_TOKEN, check_token};
+use crate::escape::for_terminal;
 use crate::fastcgi::client::{self, Connection};
 use crate::wechat::crypto::{self, AesKey};
 use crate::wechat::message::Message;
 use crate::wechat::reply::write_cdata;
 use crate::wechat::signature::{sign, verify_msg};
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const HELP: &str = "\
 weixin-fcgi send — play WeChat's server: send a signed (and in safe mode encrypted) callback
@@ -58,8 +59,10 @@ OPTIONS:
     --recognition TEXT   voice: the speech-to-text result
     --media-id ID        image/voice: MediaId
     --pic-url URL        image: PicUrl
-    --timeout SECS       connect/read timeout (default 10)
-    --raw                print the reply body exactly as received
+    --timeout SECS       bound on the whole request: connect, send, and the complete
+                         reply (default 10)
+    --raw                print the reply body exactly as received (otherwise control
+                         characters in the reply are shown escaped, e.g. \u{1b})
     -h, --help           this text
 
 EXIT STATUS:
@@ -535,10 +538,15 @@ fn exchange(
     body: &[u8],
     timeout: Duration,
 ) -> Result<Received, Failure> {
+    let deadline = Instant::now() + timeout;
     match target {
         Target::FastCgi(addr) => {
-            let mut conn = Connection::connect(addr, timeout)
+            let conn = connect(addr, deadline)
                 .map_err(|e| failed(format!("cannot connect to {addr}: {e}")))?;
+            let mut conn = Deadline {
+                stream: conn,
+                deadline,
+            };
             let uri = format!("{path}?{query}");
             let length = body.len().to_string();
             let content_type: &[u8] = if method == "POST" { b"text/xml" } else { b"" };
@@ -561,11 +569,111 @@ fn exchange(
                 body: resp.body,
             })
         }
-        Target::Http { host_port } => {
-            http(host_port, method, &format!("{path}?{query}"), body, timeout)
-                .map_err(|e| failed(format!("HTTP request to {host_port} failed: {e}")))
+        Target::Http { host_port } => http(
+            host_port,
+            method,
+            &format!("{path}?{query}"),
+            body,
+            deadline,
+        )
+        .map_err(|e| failed(format!("HTTP request to {host_port} failed: {e}"))),
+    }
+}
+
+/// A stream on which every read and write waits at most until `deadline`, so `--timeout`
+/// bounds the whole exchange, not each read (a peer trickling one byte at a time cannot keep
+/// us waiting).
+struct Deadline<S> {
+    stream: S,
+    deadline: Instant,
+}
+
+/// Streams whose blocking calls can be given a timeout.
+trait Timeouts {
+    fn set_timeouts(&self, limit: Duration) -> io::Result<()>;
+}
+
+impl Timeouts for TcpStream {
+    fn set_timeouts(&self, limit: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(limit))?;
+        self.set_write_timeout(Some(limit))
+    }
+}
+
+impl Timeouts for Connection {
+    fn set_timeouts(&self, limit: Duration) -> io::Result<()> {
+        match self {
+            Connection::Unix(s) => {
+                s.set_read_timeout(Some(limit))?;
+                s.set_write_timeout(Some(limit))
+            }
+            Connection::Tcp(s) => s.set_timeouts(limit),
         }
     }
+}
+
+impl<S: Timeouts> Deadline<S> {
+    /// Arms the stream's timeouts with what is left, or fails once nothing is.
+    fn arm(&self) -> io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "--timeout reached before the whole reply arrived",
+            ));
+        }
+        self.stream.set_timeouts(left)
+    }
+}
+
+impl<S: Timeouts + Read> Read for Deadline<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.stream.read(buf)
+    }
+}
+
+impl<S: Timeouts + Write> Write for Deadline<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// Connects to `unix:PATH`, a path containing `/`, or `host:port` (as
+/// [`Connection::connect`]), the TCP connect bounded by `deadline`.
+fn connect(addr: &str, deadline: Instant) -> io::Result<Connection> {
+    if let Some(path) = addr.strip_prefix("unix:") {
+        Ok(Connection::Unix(std::os::unix::net::UnixStream::connect(
+            path,
+        )?))
+    } else if addr.contains('/') {
+        Ok(Connection::Unix(std::os::unix::net::UnixStream::connect(
+            addr,
+        )?))
+    } else {
+        Ok(Connection::Tcp(tcp_connect(addr, deadline)?))
+    }
+}
+
+/// A TCP connect to `host_port` (each resolved address in turn) bounded by `deadline`.
+fn tcp_connect(host_port: &str, deadline: Instant) -> io::Result<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for addr in host_port.to_socket_addrs()? {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "--timeout reached"));
+        }
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// One HTTP/1.1 request with `Connection: close`; handles Content-Length, chunked and
@@ -575,13 +683,10 @@ fn http(
     method: &str,
     uri: &str,
     body: &[u8],
-    timeout: Duration,
+    deadline: Instant,
 ) -> Result<Received, String> {
-    let mut s = TcpStream::connect(host_port).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+    let stream = tcp_connect(host_port, deadline).map_err(|e| e.to_string())?;
+    let mut s = Deadline { stream, deadline };
     let mut req = format!(
         "{method} {uri} HTTP/1.1\r\nHost: {host_port}\r\nUser-Agent: weixin-fcgi-send\r\n\
          Connection: close\r\n"
@@ -670,7 +775,7 @@ fn refused(got: &Received) -> Failure {
         "refused: status {}{}{}",
         got.status,
         if reason.is_empty() { "" } else { ": " },
-        reason
+        for_terminal(reason)
     ))
 }
 
@@ -754,15 +859,20 @@ fn finish_post(
         return Err(failed("malformed reply: no MsgType"));
     }
     if !raw {
-        let mut out = format!("status 200\nmode {mode}\ntype {}\n", reply.msg_type());
+        // Escaped: a reply is untrusted text and must not drive the terminal.
+        let mut out = format!(
+            "status 200\nmode {mode}\ntype {}\n",
+            for_terminal(reply.msg_type())
+        );
         for node in reply.nodes() {
             if node.depth == 0 && node.name == "MsgType" {
                 continue;
             }
             let indent = "  ".repeat(usize::from(node.depth));
+            let name = for_terminal(node.name);
             match &node.value {
-                Some(v) => out.push_str(&format!("{indent}{} {v}\n", node.name)),
-                None => out.push_str(&format!("{indent}{}\n", node.name)),
+                Some(v) => out.push_str(&format!("{indent}{name} {}\n", for_terminal(v))),
+                None => out.push_str(&format!("{indent}{name}\n")),
             }
         }
         print!("{out}");
