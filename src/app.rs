@@ -10,14 +10,17 @@ use crate::escape::LogValue;
 use crate::fastcgi::{Handler, Outcome, Request, Response};
 use crate::forward::{self, Forwarder};
 use crate::query;
+use crate::replay::ReplayCache;
 use crate::rules::{self, Action};
+use crate::state::{MemoryStore, Store};
 use crate::wechat::crypto::{self, AesKey};
 use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Envelope, Limits};
 use crate::wechat::signature;
 use std::cell::RefCell;
-use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const XML: &str = "application/xml; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -28,6 +31,15 @@ pub struct App {
     config: RwLock<Arc<Config>>,
     /// The forward pool and retry table (`forward`/`exec` rules), sized by the first config.
     forwarder: Arc<Forwarder>,
+    /// The in-process state store (`state_memory_bytes`): kept answers for retries, ….
+    state: Arc<MemoryStore>,
+    /// The replay cache and its own store (`replay_cache_bytes`), so a burst of answers
+    /// cannot push out replay entries, nor the reverse.
+    replay: ReplayCache,
+    replay_store: Arc<MemoryStore>,
+    /// Requests handled, and (requests, store bytes) at the last allocator trim.
+    handled: AtomicU64,
+    trimmed: Mutex<(u64, usize)>,
 }
 
 /// Per-worker scratch space, reused across requests.
@@ -63,10 +75,36 @@ struct Outcomes<'a> {
 
 impl App {
     pub fn new(config: Config) -> App {
+        let state = Arc::new(MemoryStore::new(config.state_memory_bytes));
+        let replay_store = Arc::new(MemoryStore::new(config.replay_cache_bytes));
         App {
-            forwarder: Arc::new(Forwarder::new(config.forward)),
+            forwarder: Arc::new(Forwarder::new(
+                config.forward,
+                Arc::clone(&state) as Arc<dyn Store>,
+            )),
             config: RwLock::new(Arc::new(config)),
+            replay: ReplayCache::new(Arc::clone(&replay_store) as Arc<dyn Store>),
+            replay_store,
+            state,
+            handled: AtomicU64::new(0),
+            trimmed: Mutex::new((0, 0)),
         }
+    }
+
+    /// Housekeeping, called about once a second: drops expired entries, and when the process
+    /// is `idle` after serving (or after its tables shrank) gives freed memory back to the OS,
+    /// so RSS returns near its idle figure after a burst.
+    pub fn maintain(&self, idle: bool) {
+        self.state.sweep();
+        self.replay_store.sweep();
+        let handled = self.handled.load(Ordering::Relaxed);
+        let bytes = self.state.bytes() + self.replay_store.bytes();
+        let mut last = self.trimmed.lock().unwrap_or_else(|p| p.into_inner());
+        if idle && (handled != last.0 || bytes < last.1) {
+            crate::memory::trim();
+            last.0 = handled;
+        }
+        last.1 = bytes;
     }
 
     /// The config in force.
@@ -83,12 +121,13 @@ impl App {
 impl Handler for App {
     fn handle(&self, request: &Request<'_>, response: &mut Response) -> Outcome {
         let started = Instant::now();
+        self.handled.fetch_add(1, Ordering::Relaxed);
         let config = self.config();
         let mut log = Outcomes {
             mode: "plain",
             ..Outcomes::default()
         };
-        let result = serve(&config, request, response, &mut log);
+        let result = serve(&config, &self.replay, request, response, &mut log);
         // Menu OAuth is admitted (rate limit, own pool) before anything is logged: a refused
         // GET costs no outbound call and no line of its own (the pool logs a throttled summary).
         let mut admitted = None;
@@ -143,6 +182,7 @@ fn or_dash(s: &str) -> &str {
 /// Fills `response`; `Err` carries the reason of a refusal (already set as the response).
 fn serve<'c>(
     config: &'c Config,
+    replay: &ReplayCache,
     request: &Request<'_>,
     response: &mut Response,
     log: &mut Outcomes<'c>,
@@ -194,6 +234,25 @@ fn serve<'c>(
             }
             if !timestamp_fresh(&timestamp, config.timestamp_window) {
                 return refuse(response, 403, "timestamp outside timestamp_window");
+            }
+            // The signature does not cover a plaintext body: it may be used once per body,
+            // within the window (`timestamp_window = 0` turns replay protection off).
+            if config.timestamp_window > 0 {
+                let retry_period = match config.forward.dedup_seconds {
+                    0 => crate::replay::RETRY_PERIOD_WITHOUT_DEDUP,
+                    s => Duration::from_secs(s),
+                };
+                let verdict = replay.check(
+                    &account.name,
+                    &timestamp,
+                    &signature,
+                    request.body,
+                    config.timestamp_window,
+                    retry_period,
+                );
+                if let Some(reason) = verdict.reason() {
+                    return refuse(response, 403, reason);
+                }
             }
             let encrypted = query::get(query, "encrypt_type").as_deref() == Some(b"aes");
             SCRATCH.with(|scratch| {

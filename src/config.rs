@@ -76,6 +76,12 @@ pub struct Config {
     /// start (a reload keeps the running pool). `oauth_slots` (default 2, 1..=64) and
     /// `oauth_rate` (default 10 per second per account, 1..=10000): menu OAuth's own pool.
     pub forward: crate::forward::Settings,
+    /// `state_memory_bytes`: byte budget of the in-process state store (kept answers for
+    /// WeChat's retries, …); default 4 MiB, oldest dropped first.
+    pub state_memory_bytes: usize,
+    /// `replay_cache_bytes`: byte budget of the replay cache (signature + body digest of each
+    /// accepted POST for the timestamp window); default 2 MiB.
+    pub replay_cache_bytes: usize,
     /// `oauth_api_base`: the WeChat API for menu OAuth (default `https://api.weixin.qq.com`;
     /// https needs the `tls` cargo feature).
     pub oauth_api_base: String,
@@ -153,6 +159,11 @@ const DEFAULT_IO_TIMEOUT_MS: u64 = 5000;
 const MIN_IO_TIMEOUT_MS: u64 = 100;
 const DEFAULT_TEXT_MAX_BYTES: u64 = crate::wechat::reply::DEFAULT_TEXT_MAX_BYTES as u64;
 const MAX_TEXT_MAX_BYTES: u64 = 65536;
+/// Byte budgets of the in-memory tables: together far below the unit's MemoryMax=32M.
+const DEFAULT_STATE_MEMORY_BYTES: u64 = 4 * 1024 * 1024;
+const DEFAULT_REPLAY_CACHE_BYTES: u64 = 2 * 1024 * 1024;
+const MIN_TABLE_BYTES: u64 = 64 * 1024;
+const MAX_TABLE_BYTES: u64 = 1 << 30;
 /// Most articles a news reply may list (WeChat's limit for event-triggered news).
 const MAX_NEWS_ARTICLES: usize = crate::wechat::reply::MAX_ARTICLES_FOR_EVENT;
 
@@ -220,6 +231,8 @@ impl Config {
             log_level: LogLevel::default(),
             idle_exit: 0,
             forward: crate::forward::Settings::default(),
+            state_memory_bytes: DEFAULT_STATE_MEMORY_BYTES as usize,
+            replay_cache_bytes: DEFAULT_REPLAY_CACHE_BYTES as usize,
             oauth_api_base: DEFAULT_OAUTH_API_BASE.to_string(),
             accounts: vec![Account {
                 name: "demo".to_string(),
@@ -548,6 +561,8 @@ const TOP_KEYS: &[&str] = &[
     "oauth_api_base",
     "oauth_slots",
     "oauth_rate",
+    "state_memory_bytes",
+    "replay_cache_bytes",
     "account",
 ];
 
@@ -602,6 +617,18 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         },
     };
 
+    let state_memory_bytes = top.usize(
+        "state_memory_bytes",
+        DEFAULT_STATE_MEMORY_BYTES,
+        MIN_TABLE_BYTES,
+        MAX_TABLE_BYTES,
+    )?;
+    let replay_cache_bytes = top.usize(
+        "replay_cache_bytes",
+        DEFAULT_REPLAY_CACHE_BYTES,
+        MIN_TABLE_BYTES,
+        MAX_TABLE_BYTES,
+    )?;
     let oauth_api_base = match top.non_empty_str("oauth_api_base")? {
         None => DEFAULT_OAUTH_API_BASE.to_string(),
         Some((s, span)) => {
@@ -665,6 +692,8 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         log_level,
         idle_exit,
         forward,
+        state_memory_bytes,
+        replay_cache_bytes,
         oauth_api_base,
         accounts,
     })

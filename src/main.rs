@@ -144,6 +144,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    weixin_fcgi::memory::init();
     let config = load_config(&args)?;
     weixin_fcgi::log::set_level(config.log_level);
     notify::init();
@@ -197,6 +198,7 @@ fn run(args: Args) -> Result<(), String> {
             reload_config(&app, args.config.as_ref());
         }
         let stats = handle.stats();
+        app.maintain(stats.in_flight == 0);
         if stats.served != last_served {
             last_served = stats.served;
             notify::notify(&format!("STATUS=serving, {} requests", stats.served));

@@ -234,3 +234,82 @@ fn nginx_access_log_never_records_the_query() {
         );
     }
 }
+
+/// Finding 2: in plaintext mode the signature does not cover the body. One signed query may
+/// carry its own body again (a WeChat retry), never another one.
+#[test]
+fn a_signature_is_good_for_one_body_only() {
+    let r = Responder::start(&echo_config(""));
+    let nginx = Nginx::start(&r.socket, true);
+    let query = format!("/weixin?{}", signed_query(TOKEN));
+    let genuine = text_message("hello");
+    let first = nginx.request("POST", &query, genuine.as_bytes());
+    assert_eq!(
+        xml_field(&first.text(), "Content").as_deref(),
+        Some("You said: hello")
+    );
+    let forged = genuine
+        .replace("oUser", "oVictim")
+        .replace("hello", "transfer all my points");
+    let refused = nginx.request("POST", &query, forged.as_bytes());
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert_eq!(refused.text(), "signature reused with another body\n");
+    let retry = nginx.request("POST", &query, genuine.as_bytes());
+    assert_eq!(retry.status, 200, "a WeChat retry is answered");
+    assert_eq!(
+        xml_field(&retry.text(), "Content").as_deref(),
+        Some("You said: hello")
+    );
+    assert!(wait_for(Duration::from_secs(2), || r
+        .stderr()
+        .contains("reason=\"signature reused with another body\"")));
+}
+
+/// Finding 2, last part: an identical safe-mode request (valid in every byte) replayed after
+/// `dedup_seconds` but inside the timestamp window must not reach a `forward` backend again.
+#[test]
+fn an_identical_request_reaches_the_backend_once() {
+    use common::fake_http::Fake;
+    use weixin_fcgi::wechat::crypto::{self, AesKey};
+    const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+    const APP_ID: &str = "wxb11529c136998cb6";
+    let backend = Fake::start(std::sync::Arc::new(|_path, _body| {
+        (
+            200,
+            r#"{"type":"text","msg":"from the backend"}"#.to_string(),
+        )
+    }));
+    let config = format!(
+        "dedup_seconds = 2\n\n[[account]]\nname = \"safe\"\npath = \"/weixin\"\ntoken = \"{TOKEN}\"\n\
+         app_id = \"{APP_ID}\"\naes_key = \"{AES}\"\n\n[[account.rule]]\n\
+         reply = {{ type = \"forward\", url = \"http://127.0.0.1:{}/wx\" }}\n",
+        backend.port
+    );
+    let r = Responder::start(&config);
+    let nginx = Nginx::start(&r.socket, true);
+    let key = AesKey::from_encoding_aes_key(AES).expect("key");
+    let mut b64 = Vec::new();
+    crypto::encrypt(&key, APP_ID, text_message("pay").as_bytes(), &mut b64).expect("encrypt");
+    let b64 = String::from_utf8(b64).expect("base64");
+    let ts = now().to_string();
+    let nonce = "918273";
+    let query = format!(
+        "/weixin?signature={}&timestamp={ts}&nonce={nonce}&openid=oUser&encrypt_type=aes&msg_signature={}",
+        sign(&[TOKEN, &ts, nonce]),
+        sign(&[TOKEN, &ts, nonce, &b64])
+    );
+    let body = format!(
+        "<xml><ToUserName><![CDATA[gh_test]]></ToUserName><Encrypt><![CDATA[{b64}]]></Encrypt></xml>"
+    );
+    let first = nginx.request("POST", &query, body.as_bytes());
+    assert_eq!(first.status, 200, "{}", r.stderr());
+    assert!(xml_field(&first.text(), "Encrypt").is_some());
+    let retry = nginx.request("POST", &query, body.as_bytes());
+    assert_eq!(retry.status, 200, "a retry within dedup_seconds");
+    assert_eq!(backend.calls(), 1);
+    std::thread::sleep(Duration::from_millis(2500));
+    let replay = nginx.request("POST", &query, body.as_bytes());
+    assert_eq!(replay.status, 403, "{}", replay.text());
+    assert_eq!(replay.text(), "request replayed after the retry period\n");
+    assert_eq!(backend.calls(), 1, "the backend saw the message once");
+}

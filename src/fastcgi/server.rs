@@ -261,6 +261,12 @@ impl Response {
 
     /// Appends the CGI head and body (`Status:`, `Content-Type:`, headers, blank line, body).
     fn write_cgi(&self, out: &mut Vec<u8>) {
+        self.write_head(out);
+        out.extend_from_slice(&self.body);
+    }
+
+    /// Appends the CGI head (`Status:`, `Content-Type:`, headers, blank line).
+    fn write_head(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"Status: ");
         push_u64(out, self.status as u64);
         out.push(b' ');
@@ -272,7 +278,6 @@ impl Response {
         out.extend_from_slice(b"\r\nX-Content-Type-Options: nosniff\r\n");
         out.extend_from_slice(&self.headers);
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
     }
 }
 
@@ -345,10 +350,14 @@ impl Pending {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let mut cgi = Vec::with_capacity(response.body.len() + 128);
-        response.write_cgi(&mut cgi);
-        let mut out = Vec::with_capacity(cgi.len() + 32);
-        record::write_stream(&mut out, kind::STDOUT, self.request_id, &cgi);
+        // Head and body as two runs of STDOUT records: the body is copied once, straight into
+        // the records (a deferred reply can be large, and many can be in flight).
+        let mut head = Vec::with_capacity(256);
+        response.write_head(&mut head);
+        let records = response.body.len() / record::MAX_CONTENT + 4;
+        let mut out = Vec::with_capacity(head.len() + response.body.len() + records * 8 + 32);
+        record::write_stream(&mut out, kind::STDOUT, self.request_id, &head);
+        record::write_stream(&mut out, kind::STDOUT, self.request_id, &response.body);
         record::write_stream_end(&mut out, kind::STDOUT, self.request_id);
         record::write_end_request(
             &mut out,

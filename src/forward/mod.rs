@@ -156,19 +156,21 @@ impl Job {
     }
 }
 
-/// account + FromUserName + MsgId for messages; account + FromUserName + CreateTime + Event +
-/// EventKey for events (and for the rare message without MsgId).
+/// The state-store key of a message's answer: account + FromUserName + MsgId for messages;
+/// account + FromUserName + CreateTime + Event + EventKey for events (and for the rare message
+/// without MsgId).
 pub fn dedup_key(account: &str, msg: &Message<'_>) -> String {
     let from = msg.from_user();
-    match msg.get("MsgId").filter(|_| !msg.is_event()) {
-        Some(id) => format!("m\0{account}\0{from}\0{id}"),
+    let id = match msg.get("MsgId").filter(|_| !msg.is_event()) {
+        Some(id) => format!("m\0{from}\0{id}"),
         None => format!(
-            "e\0{account}\0{from}\0{}\0{}\0{}",
+            "e\0{from}\0{}\0{}\0{}",
             msg.get("CreateTime").unwrap_or(""),
             msg.event(),
             msg.get("EventKey").unwrap_or("")
         ),
-    }
+    };
+    crate::state::key(account, "answer", &id)
 }
 
 /// The shared answer of one attempt: plain reply XML, or `None` for no reply.
@@ -212,13 +214,14 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(settings: Settings) -> Forwarder {
+    /// Finished answers are kept in `store` (bounded in bytes).
+    pub fn new(settings: Settings, store: Arc<dyn crate::state::Store>) -> Forwarder {
         Forwarder {
             settings,
             busy: Arc::new(AtomicUsize::new(0)),
             dedup: Arc::new(Table::new(
+                store,
                 Duration::from_secs(settings.dedup_seconds),
-                settings.dedup_entries,
             )),
             sender: OnceLock::new(),
             oauth: oauth_pool::OAuthPool::new(settings.oauth),
@@ -247,7 +250,7 @@ impl Forwarder {
                 .is_ok()
         };
         let waiter = match &job.key {
-            Some(key) => match self.dedup.begin(key, waiter, acquire, Instant::now()) {
+            Some(key) => match self.dedup.begin(key, waiter, acquire) {
                 Begin::Done(answer, waiter) => {
                     crate::log_info!(
                         "forward account={} rule={} result=duplicate-answered",
@@ -378,7 +381,7 @@ fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<
 /// Answers the request and every retry parked on it, and stores the answer.
 fn finish_all(dedup: &Table<Waiter, Answer>, job: &Job, waiter: Waiter, answer: &Answer) {
     let parked = match &job.key {
-        Some(key) => dedup.complete(key, Arc::clone(answer), Instant::now()),
+        Some(key) => dedup.complete(key, answer),
         None => Vec::new(),
     };
     waiter.answer(answer.as_deref());
@@ -528,9 +531,12 @@ mod tests {
             b"<xml><FromUserName>o</FromUserName><MsgType>text</MsgType><MsgId>5</MsgId></xml>",
         )
         .expect("parse");
-        assert_eq!(dedup_key("a", &m), concat!("m\0a\0o\0", "5"));
+        assert_eq!(dedup_key("a", &m), "weixin-fcgi:a:answer:m%00o%005");
         let e = Message::parse(b"<xml><FromUserName>o</FromUserName><CreateTime>9</CreateTime><MsgType>event</MsgType><Event>CLICK</Event><EventKey>k</EventKey></xml>")
             .expect("parse");
-        assert_eq!(dedup_key("a", &e), concat!("e\0a\0o\0", "9\0CLICK\0k"));
+        assert_eq!(
+            dedup_key("a", &e),
+            "weixin-fcgi:a:answer:e%00o%009%00CLICK%00k"
+        );
     }
 }
