@@ -105,7 +105,7 @@ impl ReplayCache {
                 }
                 let first = u64::from_be_bytes(old[20..].try_into().unwrap_or([0; 8]));
                 let age = Duration::from_millis(now_ms.saturating_sub(first));
-                if age <= retry_period {
+                if age < retry_period {
                     Verdict::Serve
                 } else {
                     Verdict::Replayed
