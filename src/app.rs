@@ -10,7 +10,7 @@ use crate::escape::LogValue;
 use crate::fastcgi::{Handler, Outcome, Request, Response};
 use crate::forward::{self, Forwarder};
 use crate::query;
-use crate::replay::ReplayCache;
+use crate::replay::{ReplayCache, SignedPost};
 use crate::rules::{self, Action};
 use crate::state::{MemoryStore, Store};
 use crate::wechat::crypto::{self, AesKey};
@@ -242,14 +242,14 @@ fn serve<'c>(
                     0 => crate::replay::RETRY_PERIOD_WITHOUT_DEDUP,
                     s => Duration::from_secs(s),
                 };
-                let verdict = replay.check(
-                    &account.name,
-                    &timestamp,
-                    &signature,
-                    request.body,
-                    config.timestamp_window,
-                    retry_period,
-                );
+                let post = SignedPost {
+                    account: &account.name,
+                    token,
+                    timestamp: &timestamp,
+                    signature: &signature,
+                    body: request.body,
+                };
+                let verdict = replay.check(&post, config.timestamp_window, retry_period);
                 if let Some(reason) = verdict.reason() {
                     return refuse(response, 403, reason);
                 }

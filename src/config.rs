@@ -80,7 +80,7 @@ pub struct Config {
     /// WeChat's retries, …); default 4 MiB, oldest dropped first.
     pub state_memory_bytes: usize,
     /// `replay_cache_bytes`: byte budget of the replay cache (signature + body digest of each
-    /// accepted POST for the timestamp window); default 2 MiB.
+    /// accepted POST for the timestamp window); default 4 MiB.
     pub replay_cache_bytes: usize,
     /// `oauth_api_base`: the WeChat API for menu OAuth (default `https://api.weixin.qq.com`;
     /// https needs the `tls` cargo feature).
@@ -161,7 +161,7 @@ const DEFAULT_TEXT_MAX_BYTES: u64 = crate::wechat::reply::DEFAULT_TEXT_MAX_BYTES
 const MAX_TEXT_MAX_BYTES: u64 = 65536;
 /// Byte budgets of the in-memory tables: together far below the unit's MemoryMax=32M.
 const DEFAULT_STATE_MEMORY_BYTES: u64 = 4 * 1024 * 1024;
-const DEFAULT_REPLAY_CACHE_BYTES: u64 = 2 * 1024 * 1024;
+const DEFAULT_REPLAY_CACHE_BYTES: u64 = 4 * 1024 * 1024;
 const MIN_TABLE_BYTES: u64 = 64 * 1024;
 const MAX_TABLE_BYTES: u64 = 1 << 30;
 /// Most articles a news reply may list (WeChat's limit for event-triggered news).
