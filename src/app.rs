@@ -6,9 +6,9 @@
 //! The transport answers 413 for bodies over `max_body` before this runs.
 
 use crate::config::{Account, Config};
-use crate::escape::LogValue;
-use crate::fastcgi::{Handler, Outcome, Request, Response};
+use crate::fastcgi::{Handler, Outcome, Pending, Request, Response};
 use crate::forward::{self, Forwarder};
+use crate::logger::LogValue;
 use crate::query;
 use crate::replay::{ReplayCache, SignedPost};
 use crate::rules::{self, Action};
@@ -16,14 +16,11 @@ use crate::state::{MemoryStore, Store};
 use crate::wechat::crypto::{self, AesKey};
 use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Envelope, Limits};
-use crate::wechat::signature;
+use crate::wechat::{Sealer, TEXT, XML, signature, unix_time};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-const XML: &str = "application/xml; charset=utf-8";
-const TEXT: &str = "text/plain; charset=utf-8";
+use std::time::{Duration, Instant};
 
 /// The WeChat callback application. The config can be swapped atomically (SIGHUP): each
 /// request takes one snapshot and uses it throughout.
@@ -101,7 +98,7 @@ impl App {
         let bytes = self.state.bytes() + self.replay_store.bytes();
         let mut last = self.trimmed.lock().unwrap_or_else(|p| p.into_inner());
         if idle && (handled != last.0 || bytes < last.1) {
-            crate::memory::trim();
+            crate::allocator::trim();
             last.0 = handled;
         }
         last.1 = bytes;
@@ -135,7 +132,7 @@ impl Handler for App {
             match self.forwarder.oauth.admit(&job.account) {
                 Ok(a) => admitted = Some(a),
                 Err(refusal) => {
-                    refusal.answer(response);
+                    fill(response, refusal.answer());
                     return Outcome::Done;
                 }
             }
@@ -164,15 +161,31 @@ impl Handler for App {
         }
         let forwarder = Arc::clone(&self.forwarder);
         match (log.deferred.take(), log.oauth.take().zip(admitted)) {
-            (Some(job), _) => {
-                Outcome::Later(Box::new(move |pending| forwarder.submit(*job, pending)))
-            }
+            (Some(job), _) => Outcome::Later(Box::new(move |pending| {
+                forwarder.submit(*job, completion(pending))
+            })),
             (None, Some((job, admitted))) => Outcome::Later(Box::new(move |pending| {
-                forwarder.submit_oauth(*job, admitted, pending)
+                forwarder.submit_oauth(job, admitted, completion(pending))
             })),
             (None, None) => Outcome::Done,
         }
     }
+}
+
+/// Sends a forwarded request's answer on its deferred FastCGI request. Dropped unanswered, the
+/// `Pending` answers 500 itself.
+fn completion(pending: Pending) -> forward::Complete {
+    Box::new(move |answer: forward::Answer| pending.finish(|response| fill(response, answer)))
+}
+
+/// Puts a forwarded (or refused) request's answer into a FastCGI response.
+fn fill(response: &mut Response, answer: forward::Answer) {
+    response.set_status(answer.status);
+    response.set_content_type(answer.content_type);
+    for (name, value) in &answer.headers {
+        response.add_header(name, value);
+    }
+    response.body = answer.body;
 }
 
 fn or_dash(s: &str) -> &str {
@@ -300,22 +313,79 @@ fn oauth_redirect<'c>(
     if !oauth_code_well_formed(&code) {
         return refuse(response, 400, "OAuth code is not a short token");
     }
-    let (Some(app_id), Some(secret), Some(handler)) =
-        (&account.app_id, &account.app_secret, &account.menu_handler)
-    else {
+    let (Some(app_id), Some(secret)) = (&account.app_id, &account.app_secret) else {
         return refuse(response, 404, "menu OAuth not configured");
+    };
+    let target = match (&account.menu_handler, &account.redirect_url) {
+        (Some(handler), _) => forward::oauth::Target::MenuHandler(handler.clone()),
+        (None, Some(url)) => forward::oauth::Target::RedirectUrl(url.clone()),
+        (None, None) => return refuse(response, 404, "menu OAuth not configured"),
     };
     log.oauth = Some(Box::new(forward::oauth::OAuthJob {
         account: account.name.clone(),
         api_base: config.oauth_api_base.clone(),
         app_id: app_id.clone(),
         app_secret: secret.expose().to_string(),
-        menu_handler: handler.clone(),
+        target,
         code,
         state: text("state").unwrap_or_default(),
+        browser: browser(request),
+        user_info: user_info_credentials(config, account),
     }));
     log.outcome = "oauth";
     Ok(())
+}
+
+/// The account's API credentials when it has `user_info = true`.
+fn user_info_credentials(
+    config: &Config,
+    account: &Account,
+) -> Option<forward::userinfo::Credentials> {
+    let (true, Some(app_id), Some(secret)) =
+        (account.user_info, &account.app_id, &account.app_secret)
+    else {
+        return None;
+    };
+    Some(forward::userinfo::Credentials {
+        api_base: config.oauth_api_base.clone(),
+        account: account.name.clone(),
+        app_id: app_id.clone(),
+        app_secret: secret.expose().to_string(),
+    })
+}
+
+/// What the browser sent, bounded: request headers from the `HTTP_*` parameters.
+fn browser(request: &Request<'_>) -> forward::oauth::Browser {
+    use forward::oauth::{MAX_BROWSER_HEADER_BYTES, MAX_BROWSER_HEADERS};
+    let lossy = |name: &str| {
+        request
+            .param(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    let mut headers = Vec::new();
+    let mut bytes = 0;
+    for (name, value) in request.params() {
+        let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
+            continue;
+        };
+        let Some(header) = forward::headers::from_cgi_name(name) else {
+            continue;
+        };
+        bytes += header.len() + value.len();
+        if headers.len() >= MAX_BROWSER_HEADERS || bytes > MAX_BROWSER_HEADER_BYTES {
+            break;
+        }
+        headers.push((header, value.to_string()));
+    }
+    forward::oauth::Browser {
+        request_uri: lossy("REQUEST_URI"),
+        headers,
+        remote_addr: lossy("REMOTE_ADDR"),
+        https: request
+            .param("HTTPS")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"on")),
+    }
 }
 
 /// Every message and event WeChat pushes to an Official Account names its type, the user and
@@ -360,14 +430,6 @@ fn refuse(response: &mut Response, status: u16, reason: &'static str) -> Result<
     Err(reason)
 }
 
-/// Seconds since the epoch, for CreateTime and the timestamp window.
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn timestamp_fresh(timestamp: &[u8], window: u64) -> bool {
     if window == 0 {
         return true;
@@ -378,7 +440,7 @@ fn timestamp_fresh(timestamp: &[u8], window: u64) -> bool {
     else {
         return false;
     };
-    now().abs_diff(ts) <= window
+    unix_time().abs_diff(ts) <= window
 }
 
 fn post_plain<'c>(
@@ -495,47 +557,25 @@ fn post_encrypted<'c>(
     }
 }
 
-/// What encrypts a reply for one account (borrowed: nothing is copied per request).
-pub(crate) struct Sealer<'a> {
-    pub token: &'a [u8],
-    pub key: &'a AesKey,
-    pub app_id: &'a str,
-}
-
-/// Appends `reply_xml` to the response — encrypted when `seal` is given — or the literal
-/// `success` when there is no reply. Returns false (and answers 500) when the reply cannot be
-/// encrypted, which only happens when the OS gives no randomness. Used by template replies and
-/// by forwarded ones alike.
-pub(crate) fn write_reply(
+/// Fills `response` with `reply_xml` — encrypted when `seal` is given — or `success` when
+/// there is no reply. Returns false (and answers 500) when the reply cannot be encrypted,
+/// which only happens when the OS gives no randomness.
+fn write_reply(
     reply_xml: Option<&[u8]>,
     seal: Option<&Sealer<'_>>,
     response: &mut Response,
 ) -> bool {
-    let Some(xml) = reply_xml else {
-        finish(response, false);
-        return true;
-    };
-    match seal {
-        None => response.body.extend_from_slice(xml),
-        Some(s) => {
-            let now = now();
-            if let Err(e) = crypto::render_encrypted_reply(
-                s.token,
-                s.key,
-                s.app_id,
-                xml,
-                now,
-                &mut response.body,
-            ) {
-                crate::log_error!("cannot encrypt the reply (no OS randomness?): {e}");
-                response.body.clear();
-                response.plain(500, "cannot encrypt the reply\n");
-                return false;
-            }
+    match crate::wechat::write_answer(reply_xml, seal, &mut response.body) {
+        Ok(content_type) => {
+            response.set_content_type(content_type);
+            true
+        }
+        Err(e) => {
+            crate::log_error!("cannot encrypt the reply (no OS randomness?): {e}");
+            response.plain(500, "cannot encrypt the reply\n");
+            false
         }
     }
-    response.set_content_type(XML);
-    true
 }
 
 /// Sets the content type for a rendered reply, or the literal `success` for no reply.
@@ -561,7 +601,7 @@ fn answer<'c>(
     log.user = short_hash(msg.from_user().as_bytes());
     log.kind.set(msg.msg_type());
     log.event.set(msg.event());
-    if crate::log::enabled(crate::config::LogLevel::Debug) {
+    if crate::logger::enabled(crate::logger::LogLevel::Debug) {
         crate::log_debug!(
             "message account={} from={} type={} event={} content={:?}",
             account.name,
@@ -589,7 +629,7 @@ fn answer<'c>(
             let envelope = Envelope {
                 to_user: msg.from_user(),
                 from_user: msg.to_user(),
-                create_time: now(),
+                create_time: unix_time(),
             };
             let limits = Limits {
                 text_max_bytes: config.text_max_bytes,
@@ -609,15 +649,18 @@ fn answer<'c>(
                 let envelope = Envelope {
                     to_user: msg.from_user(),
                     from_user: msg.to_user(),
-                    create_time: now(),
+                    create_time: unix_time(),
                 };
                 let mut xml = Vec::new();
                 template.render(msg, &envelope, &limits, text, &mut xml);
                 xml
             });
             let dedup = config.forward.dedup_seconds > 0;
-            let job =
+            let mut job =
                 forward::Job::new(fw, &account.name, &rule.name, msg, limits, fallback, dedup);
+            if matches!(fw.target, rules::Target::Http { .. }) {
+                job.user_info = user_info_credentials(config, account);
+            }
             log.deferred = Some(Box::new(job));
             log.outcome = "forward";
             false

@@ -8,7 +8,10 @@
 //! Unknown keys are errors everywhere except inside a rule's `fields`: a typo must not turn
 //! into a silently ignored setting.
 
-use crate::rules::{Action, ArticleTemplate, Conditions, ReplyTemplate, Rule, Template};
+use crate::logger::LogLevel;
+use crate::rules::{
+    Action, ArticleTemplate, Conditions, Forward, ReplyTemplate, Rule, Target, Template,
+};
 use crate::wechat::crypto::AesKey;
 use std::ops::Range;
 use std::path::Path;
@@ -35,15 +38,42 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Log verbosity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub enum LogLevel {
-    Error,
-    Warn,
-    #[default]
-    Info,
-    /// Includes personal data (message text, OpenIDs).
-    Debug,
+/// Global settings (`forward_slots`, `dedup_seconds`, `dedup_entries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardSettings {
+    pub slots: usize,
+    /// 0 turns de-duplication off.
+    pub dedup_seconds: u64,
+    /// No longer used (answers are bounded in bytes by `state_memory_bytes`); still accepted.
+    pub dedup_entries: usize,
+    /// Menu OAuth's own pool and rate limit.
+    pub oauth: OAuthSettings,
+}
+
+impl Default for ForwardSettings {
+    fn default() -> Self {
+        ForwardSettings {
+            slots: 8,
+            dedup_seconds: 30,
+            dedup_entries: 4096,
+            oauth: OAuthSettings::default(),
+        }
+    }
+}
+
+/// `oauth_slots`, `oauth_rate`: menu OAuth's pool (see `forward::oauth_pool`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OAuthSettings {
+    /// Threads doing OAuth exchanges; as many more may wait in the queue.
+    pub slots: usize,
+    /// Exchanges per second per account, and the burst.
+    pub rate: u32,
+}
+
+impl Default for OAuthSettings {
+    fn default() -> Self {
+        OAuthSettings { slots: 2, rate: 10 }
+    }
 }
 
 /// Everything the process needs to serve.
@@ -75,7 +105,7 @@ pub struct Config {
     /// `dedup_entries` (default 4096, 16..=1048576): the forward pool and retry table. Fixed at
     /// start (a reload keeps the running pool). `oauth_slots` (default 2, 1..=64) and
     /// `oauth_rate` (default 10 per second per account, 1..=10000): menu OAuth's own pool.
-    pub forward: crate::forward::Settings,
+    pub forward: ForwardSettings,
     /// `state_memory_bytes`: byte budget of the in-process state store (kept answers for
     /// WeChat's retries, …); default 4 MiB, oldest dropped first.
     pub state_memory_bytes: usize,
@@ -87,6 +117,82 @@ pub struct Config {
     pub oauth_api_base: String,
     /// `[[account]]` tables, in file order.
     pub accounts: Vec<Account>,
+}
+
+/// The settings a reload cannot change: the socket, the FastCGI worker pool and its caps, and
+/// the forward pool. Everything else (accounts, rules, `timestamp_window`, `text_max_bytes`,
+/// `log_level`, `idle_exit`, `oauth_api_base`) takes effect at a SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartSettings {
+    listen: Option<String>,
+    socket_mode: u32,
+    workers: usize,
+    max_conns: usize,
+    max_body: usize,
+    io_timeout: Duration,
+    forward: ForwardSettings,
+    state_memory_bytes: usize,
+    replay_cache_bytes: usize,
+}
+
+impl RestartSettings {
+    /// The config keys whose values differ between `self` (in force) and `new`.
+    pub fn changed_keys(&self, new: &RestartSettings) -> Vec<&'static str> {
+        let keys = [
+            ("listen", self.listen != new.listen),
+            ("socket_mode", self.socket_mode != new.socket_mode),
+            ("workers", self.workers != new.workers),
+            ("max_conns", self.max_conns != new.max_conns),
+            ("max_body", self.max_body != new.max_body),
+            ("io_timeout_ms", self.io_timeout != new.io_timeout),
+            ("forward_slots", self.forward.slots != new.forward.slots),
+            (
+                "dedup_seconds",
+                self.forward.dedup_seconds != new.forward.dedup_seconds,
+            ),
+            (
+                "dedup_entries",
+                self.forward.dedup_entries != new.forward.dedup_entries,
+            ),
+            (
+                "oauth_slots",
+                self.forward.oauth.slots != new.forward.oauth.slots,
+            ),
+            (
+                "oauth_rate",
+                self.forward.oauth.rate != new.forward.oauth.rate,
+            ),
+            (
+                "state_memory_bytes",
+                self.state_memory_bytes != new.state_memory_bytes,
+            ),
+            (
+                "replay_cache_bytes",
+                self.replay_cache_bytes != new.replay_cache_bytes,
+            ),
+        ];
+        keys.iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(key, _)| *key)
+            .collect()
+    }
+}
+
+impl Config {
+    /// The settings of this config that only a restart changes.
+    pub fn restart_settings(&self) -> RestartSettings {
+        RestartSettings {
+            listen: self.listen.clone(),
+            socket_mode: self.socket_mode,
+            workers: self.workers,
+            max_conns: self.max_conns,
+            max_body: self.max_body,
+            io_timeout: self.io_timeout,
+            forward: self.forward,
+            state_memory_bytes: self.state_memory_bytes,
+            replay_cache_bytes: self.replay_cache_bytes,
+        }
+    }
 }
 
 /// One Official Account.
@@ -109,11 +215,18 @@ pub struct Account {
     /// `app_secret`: the AppSecret, for menu OAuth (never logged).
     pub app_secret: Option<Secret>,
     /// `redirect_path`: request path receiving WeChat's OAuth redirect (`code`, `state`);
-    /// requires `app_id`, `app_secret` and `menu_handler`.
+    /// requires `app_id`, `app_secret` and `menu_handler` or `redirect_url`.
     pub redirect_path: Option<String>,
     /// `menu_handler`: URL (http:// to a loopback or private address) that gets
     /// `{"appId", "openId", "state"}` and answers `{"h", "r", "c"}`.
     pub menu_handler: Option<String>,
+    /// `redirect_url`: URL (http:// to a loopback or private address) that the menu OAuth
+    /// redirect is reverse-proxied to (go-wx-gateway's `redirect-url`); excludes `menu_handler`.
+    pub redirect_url: Option<String>,
+    /// `user_info`: add the user's `cgi-bin/user/info` as `userInfo`/`userInfoError` to
+    /// forwarded messages and `redirect_url` requests (go-wx-gateway's default); off by default:
+    /// one WeChat API call per user and 10 minutes.
+    pub user_info: bool,
     /// `[[account.rule]]` tables in match order.
     pub rules: Vec<Rule>,
 }
@@ -230,7 +343,7 @@ impl Config {
             text_max_bytes: DEFAULT_TEXT_MAX_BYTES as usize,
             log_level: LogLevel::default(),
             idle_exit: 0,
-            forward: crate::forward::Settings::default(),
+            forward: ForwardSettings::default(),
             state_memory_bytes: DEFAULT_STATE_MEMORY_BYTES as usize,
             replay_cache_bytes: DEFAULT_REPLAY_CACHE_BYTES as usize,
             oauth_api_base: DEFAULT_OAUTH_API_BASE.to_string(),
@@ -245,6 +358,8 @@ impl Config {
                 app_secret: None,
                 redirect_path: None,
                 menu_handler: None,
+                redirect_url: None,
+                user_info: false,
                 rules: Vec::new(),
             }],
         }
@@ -606,12 +721,12 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         },
     };
     let idle_exit = top.uint("idle_exit", 0, 0, u64::MAX)?;
-    let defaults = crate::forward::Settings::default();
-    let forward = crate::forward::Settings {
+    let defaults = ForwardSettings::default();
+    let forward = ForwardSettings {
         slots: top.usize("forward_slots", defaults.slots as u64, 1, 256)?,
         dedup_seconds: top.uint("dedup_seconds", defaults.dedup_seconds, 0, 3600)?,
         dedup_entries: top.usize("dedup_entries", defaults.dedup_entries as u64, 16, 1 << 20)?,
-        oauth: crate::forward::oauth_pool::OAuthSettings {
+        oauth: OAuthSettings {
             slots: top.usize("oauth_slots", defaults.oauth.slots as u64, 1, 64)?,
             rate: top.uint("oauth_rate", defaults.oauth.rate.into(), 1, 10_000)? as u32,
         },
@@ -649,15 +764,20 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
     let mut path_lines: Vec<usize> = Vec::with_capacity(tables.len());
     for t in &tables {
         let (account, path_span) = read_account(t)?;
-        if account.redirect_path.is_some()
+        if (account.redirect_path.is_some() || account.user_info)
             && oauth_api_base.starts_with("https://")
             && !cfg!(feature = "tls")
         {
             let message = format!(
-                "account {:?} uses menu OAuth but this build has no TLS for oauth_api_base {oauth_api_base:?} (build with --features tls)",
+                "account {:?} uses menu OAuth or user_info but this build has no TLS for oauth_api_base {oauth_api_base:?} (build with --features tls)",
                 account.name
             );
-            return Err(t.err_here("redirect_path", message));
+            let key = if account.redirect_path.is_some() {
+                "redirect_path"
+            } else {
+                "user_info"
+            };
+            return Err(t.err_here(key, message));
         }
         if let Some(j) = accounts.iter().position(|a| {
             a.redirect_path.as_deref() == Some(account.path.as_str())
@@ -742,6 +862,8 @@ const ACCOUNT_KEYS: &[&str] = &[
     "app_secret",
     "redirect_path",
     "menu_handler",
+    "redirect_url",
+    "user_info",
     "rule",
 ];
 
@@ -813,9 +935,28 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
     let menu_handler = match t.non_empty_str("menu_handler")? {
         None => None,
         Some((s, span)) => {
-            crate::forward::check_url(s).map_err(|m| t.err_at("menu_handler", &span, m))?;
+            check_url(s).map_err(|m| t.err_at("menu_handler", &span, m))?;
             Some(s.to_string())
         }
+    };
+    let redirect_url = match t.non_empty_str("redirect_url")? {
+        None => None,
+        Some((s, span)) => {
+            check_url(s).map_err(|m| t.err_at("redirect_url", &span, m))?;
+            if menu_handler.is_some() {
+                let message = "set either menu_handler (the seed's {h, r, c} protocol) or redirect_url (reverse proxy), not both";
+                return Err(t.err_at("redirect_url", &span, message));
+            }
+            Some(s.to_string())
+        }
+    };
+    let user_info = match t.bool("user_info")? {
+        Some((true, span)) if app_id.is_none() || app_secret.is_none() => {
+            let message = "user_info = true requires app_id and app_secret";
+            return Err(t.err_at("user_info", &span, message));
+        }
+        Some((b, _)) => b,
+        None => false,
     };
     let redirect_path = match t.non_empty_str("redirect_path")? {
         None => None,
@@ -824,8 +965,12 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
                 let message = "must be a plain path starting with \"/\", other than path";
                 return Err(t.err_at("redirect_path", &span, message));
             }
-            if app_id.is_none() || app_secret.is_none() || menu_handler.is_none() {
-                let message = "redirect_path requires app_id, app_secret and menu_handler";
+            if app_id.is_none()
+                || app_secret.is_none()
+                || (menu_handler.is_none() && redirect_url.is_none())
+            {
+                let message =
+                    "redirect_path requires app_id, app_secret and menu_handler or redirect_url";
                 return Err(t.err_at("redirect_path", &span, message));
             }
             Some(s.to_string())
@@ -851,6 +996,8 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
         app_secret,
         redirect_path,
         menu_handler,
+        redirect_url,
+        user_info,
         rules,
     };
     Ok((account, path_span))
@@ -1093,10 +1240,10 @@ const DEFAULT_EXEC_MAX_OUTPUT: u64 = 2048;
 /// fallback = { type = "text", content = "…" } }`.
 fn build_forward(t: &Table<'_>) -> Result<Action, ConfigError> {
     let (url, span) = t.required_str("url")?;
-    crate::forward::check_url(url).map_err(|m| t.err_at("url", &span, m))?;
+    check_url(url).map_err(|m| t.err_at("url", &span, m))?;
     forward_action(
         t,
-        crate::forward::Target::Http {
+        Target::Http {
             url: url.to_string(),
         },
     )
@@ -1127,14 +1274,14 @@ fn build_exec(t: &Table<'_>) -> Result<Action, ConfigError> {
     let max_output = t.usize("max_output", DEFAULT_EXEC_MAX_OUTPUT, 1, 1 << 20)?;
     forward_action(
         t,
-        crate::forward::Target::Exec {
+        Target::Exec {
             command,
             max_output,
         },
     )
 }
 
-fn forward_action(t: &Table<'_>, target: crate::forward::Target) -> Result<Action, ConfigError> {
+fn forward_action(t: &Table<'_>, target: Target) -> Result<Action, ConfigError> {
     let timeout_ms = t.uint(
         "timeout_ms",
         DEFAULT_FORWARD_TIMEOUT_MS,
@@ -1152,18 +1299,98 @@ fn forward_action(t: &Table<'_>, target: crate::forward::Target) -> Result<Actio
             }
         },
     };
-    Ok(Action::Forward(std::sync::Arc::new(
-        crate::forward::Forward {
-            target,
-            timeout: Duration::from_millis(timeout_ms),
-            fallback,
-        },
-    )))
+    Ok(Action::Forward(std::sync::Arc::new(Forward {
+        target,
+        timeout: Duration::from_millis(timeout_ms),
+        fallback,
+    })))
+}
+
+/// Checks a forward base URL: `http://` to a loopback or private IP address (or
+/// `localhost`), with an optional port and path, no query or fragment.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err("must start with http:// (plain HTTP to a loopback or private address)".into());
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if url.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain a query, fragment, whitespace or control characters".into());
+    }
+    if authority.contains('@') {
+        return Err("must not contain user information".into());
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    let private = match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback() || ip.is_private(),
+        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00,
+        Err(_) => host == "localhost",
+    };
+    if private {
+        Ok(())
+    } else {
+        Err(format!(
+            "host {host:?} is not a loopback or private IP address (or localhost)"
+        ))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_settings_name_exactly_what_changed() {
+        let base = "[[account]]\npath = \"/w\"\ntoken = \"tok123\"\n";
+        let old = Config::parse(base, "a.toml").expect("valid");
+        let same = Config::parse(
+            &format!("idle_exit = 5\nlog_level = \"debug\"\n{base}"),
+            "b.toml",
+        )
+        .expect("valid");
+        assert!(
+            old.restart_settings()
+                .changed_keys(&same.restart_settings())
+                .is_empty()
+        );
+        let new = Config::parse(
+            &format!("workers = 3\nio_timeout_ms = 100\ndedup_entries = 99\n{base}"),
+            "c.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            old.restart_settings().changed_keys(&new.restart_settings()),
+            ["workers", "io_timeout_ms", "dedup_entries"]
+        );
+    }
+
+    #[test]
+    fn urls() {
+        for ok in [
+            "http://127.0.0.1:8080/base",
+            "http://10.1.2.3/x",
+            "http://192.168.1.1:1",
+            "http://172.16.0.1/",
+            "http://[::1]:80/a",
+            "http://localhost:9000",
+        ] {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "https://127.0.0.1/",
+            "http://8.8.8.8/",
+            "http://example.com/",
+            "http://127.0.0.1/?q",
+            "http://u@127.0.0.1/",
+            "ftp://127.0.0.1/",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
+
     use crate::rules::{Action, ReplyTemplate};
 
     const FULL: &str = include_str!("../examples/full.toml");
@@ -1186,6 +1413,43 @@ mod tests {
             Action::Reply(ReplyTemplate::News { .. }) => "news",
             Action::Reply(ReplyTemplate::TransferCustomerService { .. }) => "transfer",
         }
+    }
+
+    #[test]
+    fn menu_oauth_takes_one_of_menu_handler_or_redirect_url() {
+        let account = |keys: &str| {
+            format!(
+                "oauth_api_base = \"http://127.0.0.1:8\"\n[[account]]\npath = \"/wx\"\ntoken = \"t\"\n\
+                 app_id = \"wxa\"\napp_secret = \"s\"\n\
+                 redirect_path = \"/wxoauth\"\n{keys}\n"
+            )
+        };
+        let c = Config::parse(
+            &account("redirect_url = \"http://127.0.0.1:9/o\""),
+            "t.toml",
+        )
+        .expect("redirect_url alone");
+        assert_eq!(
+            c.accounts[0].redirect_url.as_deref(),
+            Some("http://127.0.0.1:9/o")
+        );
+        assert!(c.accounts[0].menu_handler.is_none());
+        let both = Config::parse(
+            &account(
+                "redirect_url = \"http://127.0.0.1:9/o\"\nmenu_handler = \"http://127.0.0.1:9/m\"",
+            ),
+            "t.toml",
+        )
+        .expect_err("both");
+        assert!(both.to_string().contains("not both"), "{both}");
+        let neither = Config::parse(&account(""), "t.toml").expect_err("neither");
+        assert!(
+            neither.to_string().contains("menu_handler or redirect_url"),
+            "{neither}"
+        );
+        let public = Config::parse(&account("redirect_url = \"http://8.8.8.8/o\""), "t.toml")
+            .expect_err("public address");
+        assert!(public.to_string().contains("redirect_url"), "{public}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! `weixin-fcgi`: serve WeChat Official Account callbacks over FastCGI.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::io::Read;
@@ -9,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use weixin_fcgi::app::App;
-use weixin_fcgi::config::{Config, DEFAULT_DEMO_TOKEN};
-use weixin_fcgi::fastcgi::{Server, ServerConfig};
-use weixin_fcgi::{listener, log_error, log_info, log_warn, notify};
+use weixin_fcgi::config::{Config, DEFAULT_DEMO_TOKEN, RestartSettings};
+use weixin_fcgi::fastcgi::{Server, ServerConfig, listen, notify};
+use weixin_fcgi::{log_error, log_info, log_warn};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long SIGTERM waits for requests in flight before exiting anyway.
@@ -118,6 +119,11 @@ fn load_config(args: &Args) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any thread starts.
+    let activation = unsafe { listen::take_activation() };
+    // Before any thread starts, as mallopt wants.
+    weixin_fcgi::allocator::init();
+    weixin_fcgi::logger::set_level(Default::default());
     let argv: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
@@ -134,7 +140,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(args) {
+    match run(args, activation) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log_error!("weixin-fcgi: {e}");
@@ -143,14 +149,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
-    weixin_fcgi::memory::init();
+fn run(args: Args, activation: listen::Activation) -> Result<(), String> {
     let config = load_config(&args)?;
-    weixin_fcgi::log::set_level(config.log_level);
+    weixin_fcgi::logger::set_level(config.log_level);
     notify::init();
     let listen = args.listen.clone().or_else(|| config.listen.clone());
-    let acquired =
-        listener::acquire(listen.as_deref(), config.socket_mode).map_err(|e| e.to_string())?;
+    let acquired = listen::acquire(activation, listen.as_deref(), config.socket_mode)
+        .map_err(|e| e.to_string())?;
 
     // Signals: flags say which arrived, the pipe wakes the main loop.
     let (mut wake_rx, wake_tx) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
@@ -170,8 +175,8 @@ fn run(args: Args) -> Result<(), String> {
         max_params: 64 * 1024,
         io_timeout: config.io_timeout,
     };
-    let idle_exit = (acquired.socket_activated && config.idle_exit > 0)
-        .then(|| Duration::from_secs(config.idle_exit));
+    // Compared at each SIGHUP: these take effect only after a restart.
+    let restart_settings = config.restart_settings();
     let accounts: Vec<String> = config
         .accounts
         .iter()
@@ -195,7 +200,7 @@ fn run(args: Args) -> Result<(), String> {
     while !stop.load(Ordering::Acquire) {
         let _ = wake_rx.read(&mut sink);
         if reload.swap(false, Ordering::AcqRel) {
-            reload_config(&app, args.config.as_ref());
+            reload_config(&app, args.config.as_ref(), &restart_settings);
         }
         let stats = handle.stats();
         app.maintain(stats.in_flight == 0);
@@ -203,7 +208,10 @@ fn run(args: Args) -> Result<(), String> {
             last_served = stats.served;
             notify::notify(&format!("STATUS=serving, {} requests", stats.served));
         }
-        if let Some(limit) = idle_exit {
+        // Read each time: a reload may change it.
+        let idle_exit = app.config().idle_exit;
+        if acquired.socket_activated && idle_exit > 0 {
+            let limit = Duration::from_secs(idle_exit);
             if stats.in_flight == 0 && stats.open_conns == 0 && stats.idle_for >= limit {
                 log_info!(
                     "idle for {}s: exiting (socket activation restarts on demand)",
@@ -228,24 +236,21 @@ fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-fn reload_config(app: &App, path: Option<&PathBuf>) {
+fn reload_config(app: &App, path: Option<&PathBuf>, running: &RestartSettings) {
     let Some(path) = path else {
         log_warn!("SIGHUP: nothing to reload (running the embedded config)");
         return;
     };
     match Config::load(path) {
         Ok(new) => {
-            let old = app.config();
-            if new.workers != old.workers
-                || new.listen != old.listen
-                || new.max_body != old.max_body
-            {
+            let changed = running.changed_keys(&new.restart_settings());
+            if !changed.is_empty() {
                 log_warn!(
-                    "SIGHUP: workers, listen, max_body, max_conns and io_timeout take effect only \
-                     after a restart"
+                    "SIGHUP: {} changed; the running values stay until a restart",
+                    changed.join(", ")
                 );
             }
-            weixin_fcgi::log::set_level(new.log_level);
+            weixin_fcgi::logger::set_level(new.log_level);
             let n = new.accounts.len();
             app.replace(new);
             log_info!("SIGHUP: reloaded {} ({n} accounts)", path.display());

@@ -1,6 +1,20 @@
-//! `QUERY_STRING` lookups with percent-decoding (`+` is a space, as browsers and WeChat send).
+//! `QUERY_STRING` lookups with percent-decoding (`+` is a space, as browsers and WeChat send),
+//! and the one percent-encoder for the query values and path segments we send.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use std::borrow::Cow;
+
+/// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - _ . ~`) is escaped.
+const RESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// `s` percent-encoded for a query value or a path segment.
+pub fn encode(s: &str) -> String {
+    utf8_percent_encode(s, RESERVED).to_string()
+}
 
 /// The value of the first `name=value` pair named `name`, percent-decoded. Borrowed when
 /// nothing needed decoding (the usual case: WeChat's values are digits and hex).

@@ -21,7 +21,7 @@
 //! dropped first — those closest to leaving the window anyway. With `timestamp_window = 0`
 //! (replay protection off) the cache is not consulted.
 
-use crate::ratelimit::Throttle;
+use crate::logger::Throttle;
 use crate::state::{self, Store};
 use std::hash::Hasher;
 use std::sync::Arc;

@@ -9,10 +9,12 @@
 //! Templates: `{FieldName}` is replaced by the incoming field's value (a missing field renders
 //! empty); `{{` and `}}` are literal braces. Templates are parsed once at config load into
 //! pieces, and substitution is single-pass, so user text is never re-interpreted as a template.
+//!
+//! A `forward`/`exec` action only names its target here ([`Forward`]); `forward/` runs it.
 
 use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Article, Envelope, Limits, Reply};
-use std::ops::Range;
+use std::time::Duration;
 
 /// One rule of an account.
 #[derive(Debug, Clone)]
@@ -46,7 +48,29 @@ pub enum Action {
     /// Answer `success` (no reply).
     NoReply,
     /// Ask a backend or a program (`type = "forward"` / `"exec"`), on the forward pool.
-    Forward(std::sync::Arc<crate::forward::Forward>),
+    Forward(std::sync::Arc<Forward>),
+}
+
+/// A `forward` or `exec` action (from the config).
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub target: Target,
+    /// `timeout_ms`: deadline of one backend call or program run.
+    pub timeout: Duration,
+    /// `fallback`: the static reply when the backend fails; `None` answers `success`.
+    pub fallback: Option<ReplyTemplate>,
+}
+
+/// Where the answer comes from.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `url`: base URL, `http://` to a loopback or private address.
+    Http { url: String },
+    /// `command`: program and arguments; `max_output`: stdout cap in bytes.
+    Exec {
+        command: Vec<String>,
+        max_output: usize,
+    },
 }
 
 /// A `{Field}` template parsed into pieces.
@@ -61,46 +85,11 @@ enum Piece {
     Field(String),
 }
 
-/// A news article template.
-#[derive(Debug, Clone, Default)]
-pub struct ArticleTemplate {
-    pub title: Template,
-    pub description: Template,
-    pub pic_url: Template,
-    pub url: Template,
-}
+/// A news article whose values are templates.
+pub type ArticleTemplate = Article<Template>;
 
 /// A reply whose values are templates (`reply = { type = "text", content = "…" }`, …).
-#[derive(Debug, Clone)]
-pub enum ReplyTemplate {
-    Text {
-        content: Template,
-    },
-    Image {
-        media_id: Template,
-    },
-    Voice {
-        media_id: Template,
-    },
-    Video {
-        media_id: Template,
-        title: Template,
-        description: Template,
-    },
-    Music {
-        title: Template,
-        description: Template,
-        music_url: Template,
-        hq_music_url: Template,
-        thumb_media_id: Template,
-    },
-    News {
-        articles: Vec<ArticleTemplate>,
-    },
-    TransferCustomerService {
-        kf_account: Option<Template>,
-    },
-}
+pub type ReplyTemplate = Reply<Template>;
 
 /// Template syntax error (unclosed `{`, empty or invalid field name).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,9 +101,6 @@ impl std::fmt::Display for TemplateError {
     }
 }
 impl std::error::Error for TemplateError {}
-
-/// Most articles a news reply renders, whatever `limits.max_articles` says (WeChat's maximum).
-const MAX_ARTICLES: usize = reply::MAX_ARTICLES_FOR_EVENT;
 
 fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
@@ -299,24 +285,9 @@ pub fn find_rule<'r>(rules: &'r [Rule], msg: &Message<'_>) -> Option<&'r Rule> {
     rules.iter().find(|r| r.conditions.matches(msg))
 }
 
-/// Renders `t` at the end of `scratch` and returns where it landed.
-fn put(scratch: &mut String, t: &Template, msg: &Message<'_>) -> Range<usize> {
-    let start = scratch.len();
-    t.render_into(msg, scratch);
-    start..scratch.len()
-}
-
-/// The rendered value at `r` (ranges come from [`put`], so always in bounds).
-fn at<'s>(scratch: &'s str, r: &Range<usize>) -> &'s str {
-    scratch.get(r.clone()).unwrap_or("")
-}
-
 impl ReplyTemplate {
-    /// Renders the reply XML for `msg` into `out` (appending), using `scratch` for rendered
-    /// values (cleared and reused). `limits.max_articles` is chosen by the caller.
-    ///
-    /// All values are rendered into the one `scratch` string first and then borrowed by range,
-    /// so a reply costs no allocation once `scratch` and `out` have grown.
+    /// Renders the reply XML for `msg` into `out` (appending), each template rendered into
+    /// `scratch` (reused). `limits.max_articles` is chosen by the caller.
     pub fn render(
         &self,
         msg: &Message<'_>,
@@ -325,101 +296,9 @@ impl ReplyTemplate {
         scratch: &mut String,
         out: &mut Vec<u8>,
     ) {
-        scratch.clear();
-        let s = scratch;
-        match self {
-            ReplyTemplate::Text { content } => {
-                let r = put(s, content, msg);
-                let reply = Reply::Text { content: at(s, &r) };
-                reply::render(&reply, envelope, limits, out);
-            }
-            ReplyTemplate::Image { media_id } => {
-                let r = put(s, media_id, msg);
-                let reply = Reply::Image {
-                    media_id: at(s, &r),
-                };
-                reply::render(&reply, envelope, limits, out);
-            }
-            ReplyTemplate::Voice { media_id } => {
-                let r = put(s, media_id, msg);
-                let reply = Reply::Voice {
-                    media_id: at(s, &r),
-                };
-                reply::render(&reply, envelope, limits, out);
-            }
-            ReplyTemplate::Video {
-                media_id,
-                title,
-                description,
-            } => {
-                let r = [
-                    put(s, media_id, msg),
-                    put(s, title, msg),
-                    put(s, description, msg),
-                ];
-                let reply = Reply::Video {
-                    media_id: at(s, &r[0]),
-                    title: at(s, &r[1]),
-                    description: at(s, &r[2]),
-                };
-                reply::render(&reply, envelope, limits, out);
-            }
-            ReplyTemplate::Music {
-                title,
-                description,
-                music_url,
-                hq_music_url,
-                thumb_media_id,
-            } => {
-                let r = [
-                    put(s, title, msg),
-                    put(s, description, msg),
-                    put(s, music_url, msg),
-                    put(s, hq_music_url, msg),
-                    put(s, thumb_media_id, msg),
-                ];
-                let reply = Reply::Music {
-                    title: at(s, &r[0]),
-                    description: at(s, &r[1]),
-                    music_url: at(s, &r[2]),
-                    hq_music_url: at(s, &r[3]),
-                    thumb_media_id: at(s, &r[4]),
-                };
-                reply::render(&reply, envelope, limits, out);
-            }
-            ReplyTemplate::News { articles } => {
-                let n = articles.len().min(limits.max_articles).min(MAX_ARTICLES);
-                let mut ranges: [[Range<usize>; 4]; MAX_ARTICLES] = Default::default();
-                for (r, a) in ranges.iter_mut().zip(&articles[..n]) {
-                    *r = [
-                        put(s, &a.title, msg),
-                        put(s, &a.description, msg),
-                        put(s, &a.pic_url, msg),
-                        put(s, &a.url, msg),
-                    ];
-                }
-                let mut rendered = [Article::default(); MAX_ARTICLES];
-                for (article, r) in rendered.iter_mut().zip(&ranges[..n]) {
-                    *article = Article {
-                        title: at(s, &r[0]),
-                        description: at(s, &r[1]),
-                        pic_url: at(s, &r[2]),
-                        url: at(s, &r[3]),
-                    };
-                }
-                let reply = Reply::News {
-                    articles: &rendered[..n],
-                };
-                reply::render(&reply, envelope, limits, out);
-            }
-            ReplyTemplate::TransferCustomerService { kf_account } => {
-                let r = kf_account.as_ref().map(|k| put(s, k, msg));
-                let reply = Reply::TransferCustomerService {
-                    kf_account: r.as_ref().map(|r| at(s, r)),
-                };
-                reply::render(&reply, envelope, limits, out);
-            }
-        }
+        reply::render_with(self, envelope, limits, scratch, out, |t, text| {
+            t.render_into(msg, text)
+        });
     }
 }
 

@@ -4,7 +4,7 @@
 //! the spawn-fcgi convention (fd 0); and the `sd_notify` datagrams systemd's Type=notify uses.
 //! Every test has a hard timeout ([`watchdog`]).
 
-mod common;
+pub mod common;
 use common::*;
 use std::ffi::OsStr;
 use std::os::unix::net::UnixDatagram;

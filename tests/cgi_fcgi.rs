@@ -2,7 +2,7 @@
 //! talks to the responder's socket directly. Its environment becomes the FastCGI params, its
 //! stdin the request body, and it prints the CGI response (headers, blank line, body).
 
-mod common;
+pub mod common;
 use common::*;
 
 use std::io::Write;

@@ -2,7 +2,7 @@
 //! error (exit 1, `FILE:LINE: KEY: MESSAGE` on stderr), and on each warning (fixtures in
 //! `tests/fixtures/check/`, described in its README).
 
-mod common;
+pub mod common;
 use common::*;
 use std::process::{Command, Output, Stdio};
 

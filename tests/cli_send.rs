@@ -4,7 +4,7 @@
 //! independent Python decryption (`tests/helpers/cli_decrypt.py`); refusals and bad replies
 //! (from a fake responder written here) must exit 1.
 
-mod common;
+pub mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;

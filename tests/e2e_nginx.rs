@@ -1,7 +1,7 @@
 //! End to end through a real nginx that includes `nginx/weixin.conf` verbatim, talking to the
 //! real binary over a Unix socket: WeChat → nginx → socket → weixin-fcgi → reply.
 
-mod common;
+pub mod common;
 use common::*;
 
 const TOKEN: &str = "e2etoken";
@@ -144,7 +144,7 @@ fn assert_success(resp: &HttpResponse, what: &str) {
 #[test]
 fn every_message_type_and_event_renders_its_own_fields() {
     for keepalive in [false, true] {
-        let r = Responder::start(&config_with_rules(TOKEN, ALL_TYPES_RULES));
+        let r = Responder::start(&config_with_rules(TOKEN, &rules_fixture("all-types.toml")));
         let nginx = Nginx::start(&r.socket, keepalive);
         for (fixture, expected) in ALL_TYPES_CASES {
             let resp = post(
@@ -164,7 +164,7 @@ fn every_message_type_and_event_renders_its_own_fields() {
 
 #[test]
 fn every_reply_type_field_by_field() {
-    let r = Responder::start(&config_with_rules(TOKEN, REPLY_RULES));
+    let r = Responder::start(&config_with_rules(TOKEN, &rules_fixture("reply.toml")));
     let nginx = Nginx::start(&r.socket, true);
     let send = |body: String| post(&nginx, "/weixin", TOKEN, body.as_bytes());
     let common = ["xml", "ToUserName", "FromUserName", "CreateTime", "MsgType"];
@@ -560,7 +560,7 @@ fn each_account_answers_at_its_own_path_with_its_own_token_and_rules() {
 #[test]
 fn rules_match_end_to_end() {
     for keepalive in [false, true] {
-        let r = Responder::start(&config_with_rules(TOKEN, MATCH_RULES));
+        let r = Responder::start(&config_with_rules(TOKEN, &rules_fixture("match.toml")));
         let nginx = Nginx::start(&r.socket, keepalive);
         for (what, body, expected) in match_cases() {
             let resp = post(&nginx, "/weixin", TOKEN, body.as_bytes());

@@ -1,7 +1,7 @@
 //! `forward` and `exec` rules end to end: WeChat → real nginx → weixin-fcgi → a real HTTP
 //! backend on loopback speaking the go-wx-gateway protocol (started by the test) or a program.
 
-mod common;
+pub mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -262,7 +262,7 @@ fn backend_failures_answer_the_fallback_and_log_the_reason() {
     let log = r.stderr();
     for needle in [
         "rule=garbage result=fallback reason=\"answer is not JSON",
-        "rule=err result=fallback reason=\"backend answered HTTP 500\"",
+        "rule=err result=fallback reason=\"backend answered HTTP 500: answer is not JSON",
         "rule=slow result=fallback reason=\"timeout\"",
     ] {
         assert!(log.contains(needle), "missing {needle:?} in log:\n{log}");

@@ -6,7 +6,7 @@
 //!
 //! Every loop and every wait is bounded; the whole file runs in well under a minute.
 
-mod common;
+pub mod common;
 use common::*;
 
 use std::io::{Read, Write};
@@ -504,7 +504,7 @@ fn content_length_lies(socket: &Path, nginx: &Nginx) {
     assert_good_nginx(nginx, "after CONTENT_LENGTH lies");
 }
 
-/// Safe-mode vector from `shared/vectors/wechat-vectors.json` (token "pamtest").
+/// Safe-mode vector from `tests/fixtures/vectors/wechat-vectors.json` (token "pamtest").
 const SAFE_VECTOR_TS: &str = "1409304348";
 const SAFE_VECTOR_NONCE: &str = "xxxxxx";
 const SAFE_VECTOR_MSG_SIGNATURE: &str = "f7de5fafc9918bad3bb32dff7ed52b13bef394e3";

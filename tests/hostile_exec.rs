@@ -3,7 +3,7 @@
 //! with what it wrote; no thread or descriptor of the responder outlives the message; at the
 //! deadline the whole process group is killed.
 
-mod common;
+pub mod common;
 use common::*;
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //! - 10: a body that is not a user message (no MsgType/FromUserName/ToUserName) is refused 400;
 //! - 11: nginx's access log, with the shipped `log_format`, never records the query (openid).
 
-mod common;
+pub mod common;
 use common::*;
 use std::time::Duration;
 

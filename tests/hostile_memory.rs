@@ -6,7 +6,7 @@
 //! Required: RSS stays under idle + the tables' budgets + 2 MiB during the burst, and once the
 //! answers expire it is back within 1 MiB of idle.
 
-mod common;
+pub mod common;
 use common::fake_http::Fake;
 use common::*;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
-//! Menu OAuth under attack (issue 11, findings 1 and 5), through a real nginx with the OAuth
-//! location the README gives, a fake WeChat API and menu handler, and a `forward` backend, all
+//! Menu OAuth under attack (issue 11, findings 1 and 5), through a real nginx with the shipped
+//! `nginx/weixin-oauth.conf`, a fake WeChat API and menu handler, and a `forward` backend, all
 //! on loopback.
 //!
 //! - Finding 1: unsigned OAuth GETs flooding the redirect path must not starve message handling
@@ -10,7 +10,7 @@
 //!
 //! Every flood is bounded in time and threads.
 
-mod common;
+pub mod common;
 use common::fake_http::Fake;
 use common::*;
 use std::collections::BTreeMap;
@@ -66,14 +66,9 @@ fn config(api: &Fake, menu: &Fake, backend: &Fake, top: &str) -> String {
     )
 }
 
-/// nginx with the shipped snippet and the OAuth location from the README.
+/// nginx with the shipped snippets, `weixin.conf` and `weixin-oauth.conf`.
 fn nginx_for(r: &Responder) -> Nginx {
-    Nginx::start_with(
-        &r.socket,
-        true,
-        "location = /wxoauth { limit_except GET { deny all; } include fastcgi_params; \
-         fastcgi_pass weixin_fcgi; fastcgi_keep_conn on; fastcgi_read_timeout 12s; }",
-    )
+    Nginx::start_with_snippets(&r.socket, true, "", &["weixin-oauth.conf"])
 }
 
 fn text(content: &str, msg_id: u64) -> String {
@@ -279,7 +274,9 @@ fn menu_handler_headers_must_be_tokens() {
         Some("text/html; charset=utf-8")
     );
     assert_eq!(page.header("Set-Cookie"), Some("sid=1"));
-    assert!(wait_for(Duration::from_secs(2), || r.stderr().contains(
-        "menu_handler: dropping header \"Location:\": name is not an HTTP token"
-    )));
+    assert!(wait_for(Duration::from_secs(2), || {
+        r.stderr().contains(
+        "header dropped from=menu_handler name=\"Location:\" reason=\"header name is not an HTTP token\""
+    )
+    }));
 }

@@ -3,7 +3,7 @@
 //! the way systemd does it: when the socket becomes readable) answers it. Without socket
 //! activation the setting is ignored. Every test has a hard timeout ([`watchdog`]).
 
-mod common;
+pub mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
@@ -108,6 +108,38 @@ fn idle_exit_is_ignored_without_socket_activation() {
     );
     let (status, _) = fcgi_text(&r.socket, TOKEN, "y").unwrap();
     assert_eq!(status, 200);
-    r.signal("TERM");
+    r.term();
     assert!(wait_for(Duration::from_secs(10), || !r.alive()));
+}
+
+#[test]
+fn a_reload_can_turn_idle_exit_on() {
+    let _w = watchdog("idle_exit_reload", Duration::from_secs(60));
+    let dir = TempDir::new("idle-reload");
+    let held = HeldSocket::bind(&dir);
+    let config = dir.join("c.toml");
+    std::fs::write(&config, prefix_config(TOKEN, "r", "")).unwrap();
+    let mut p = spawn_on(&held, &config, &dir.join("p.log"));
+    assert!(wait_for(Duration::from_secs(10), || p
+        .stderr()
+        .contains("serving on")));
+    assert_eq!(
+        fcgi_text(&held.path, TOKEN, "x").unwrap(),
+        (200, "r: x".into())
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(p.alive(), "exited without idle_exit:\n{}", p.stderr());
+    std::fs::write(&config, prefix_config(TOKEN, "r", "idle_exit = 1")).unwrap();
+    p.hup();
+    let st = p
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits once the reload turned idle_exit on");
+    assert!(st.success(), "{st:?}\n{}", p.stderr());
+    let log = p.stderr();
+    assert!(log.contains("SIGHUP: reloaded"), "{log}");
+    assert!(log.contains("idle for 1s: exiting"), "{log}");
+    assert!(
+        !log.contains("until a restart"),
+        "idle_exit needs no restart:\n{log}"
+    );
 }

@@ -2,7 +2,7 @@
 //! old config and logs `FILE:LINE`; under load through nginx, reloads never fail a request and
 //! never mix two configs in one reply. Every test has a hard timeout ([`watchdog`]).
 
-mod common;
+pub mod common;
 use common::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -186,4 +186,37 @@ fn reloads_under_load_never_fail_or_mix() {
         p.term();
         assert!(p.wait_exit(Duration::from_secs(15)).unwrap().success());
     }
+}
+
+#[test]
+fn sighup_names_exactly_the_settings_that_need_a_restart() {
+    let _w = watchdog("sighup_restart_keys", Duration::from_secs(60));
+    let (_dir, held, config, mut p) = start("keys");
+    // Reloadable settings change silently; restart-only ones are named, and the rules still
+    // change at once.
+    std::fs::write(
+        &config,
+        prefix_config(
+            TOKEN,
+            "keys2",
+            "max_conns = 9\nio_timeout_ms = 4000\nforward_slots = 2\ntimestamp_window = 100\nidle_exit = 30",
+        ),
+    )
+    .unwrap();
+    hup_and_wait(&p, "SIGHUP: reloaded", 1);
+    let log = p.stderr();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("until a restart"))
+        .unwrap_or_else(|| panic!("no restart warning:\n{log}"));
+    assert!(
+        warning.contains("SIGHUP: max_conns, io_timeout_ms, forward_slots changed;"),
+        "{warning}"
+    );
+    assert_eq!(
+        fcgi_text(&held.path, TOKEN, "c").unwrap(),
+        (200, "keys2: c".into())
+    );
+    p.term();
+    assert!(p.wait_exit(Duration::from_secs(15)).is_some());
 }

@@ -3,7 +3,7 @@
 //! load goes through a real nginx. Each old process gets SIGTERM and must exit 0; no request
 //! may fail. Every test has a hard timeout ([`watchdog`]).
 
-mod common;
+pub mod common;
 use common::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

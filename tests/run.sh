@@ -25,10 +25,10 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy --all-targets -- -D warnings"
-cargo clippy --quiet --all-targets -- -D warnings
+echo "== cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --quiet --workspace --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --quiet --no-fail-fast
+cargo test --quiet --workspace --no-fail-fast
 echo "== unit files and nginx snippet"
 cargo build --quiet
 bash tests/ops/check-units.sh "$PWD/target/debug/weixin-fcgi"

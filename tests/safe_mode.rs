@@ -2,13 +2,13 @@
 //! encrypted and replies decrypted and verified by an independent implementation,
 //! `tests/helpers/wxcrypt.py` (Python `cryptography`), never by the project's own crypto.
 
-mod common;
+pub mod common;
 use common::*;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-/// The test vectors' account (`../shared/vectors/wechat-vectors.json`).
+/// The test vectors' account (`tests/fixtures/vectors/wechat-vectors.json`).
 const TOKEN: &str = "pamtest";
 const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 const APPID: &str = "wxb11529c136998cb6";
@@ -194,29 +194,17 @@ fn text_content(xml: &str) -> String {
 
 /// (timestamp, nonce, msg_signature, body) of every `safe_mode_incoming` vector.
 fn vectors() -> Vec<[String; 4]> {
-    let path = repo().join("../shared/vectors/wechat-vectors.json");
-    let path = if path.exists() {
-        path
-    } else {
-        std::path::PathBuf::from("/work/shared/vectors/wechat-vectors.json")
-    };
-    let out = Command::new(PYTHON)
-        .arg("-c")
-        .arg(
-            "import json,sys\n\
-             for v in json.load(open(sys.argv[1]))['safe_mode_incoming']:\n\
-             \x20   print('\\t'.join([v['timestamp'], v['nonce'], v['msg_signature'], v['body']]))",
-        )
-        .arg(&path)
-        .output()
-        .expect("python3");
-    assert!(out.status.success(), "reading {}", path.display());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            [f[0], f[1], f[2], f[3]].map(str::to_string)
+    let path = repo().join("tests/fixtures/vectors/wechat-vectors.json");
+    let text = std::fs::read_to_string(&path).expect("the vector fixture");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("vectors are JSON");
+    let cases = v["safe_mode_incoming"]
+        .as_array()
+        .expect("safe_mode_incoming");
+    cases
+        .iter()
+        .map(|c| {
+            ["timestamp", "nonce", "msg_signature", "body"]
+                .map(|k| c[k].as_str().expect("a string field").to_string())
         })
         .collect()
 }
@@ -273,9 +261,9 @@ fn all_cases() -> Vec<(String, Option<String>)> {
 
 #[test]
 fn every_rule_in_safe_and_compatible_mode() {
-    // MATCH_RULES first: its cases must not fall into ALL_TYPES_RULES' catch-all...
-    let match_r = Responder::start(&safe_config("", MATCH_RULES));
-    let types_r = Responder::start(&safe_config("", ALL_TYPES_RULES));
+    // match.toml first: its cases must not fall into all-types.toml's catch-all...
+    let match_r = Responder::start(&safe_config("", &rules_fixture("match.toml")));
+    let types_r = Responder::start(&safe_config("", &rules_fixture("all-types.toml")));
     let match_n = Nginx::start(&match_r.socket, true);
     let types_n = Nginx::start(&types_r.socket, false);
     let mut py = WxCrypt::start();
@@ -506,16 +494,16 @@ fn encrypted_request_to_an_account_without_a_key_is_refused() {
 fn encrypted_replies_equal_plaintext_replies() {
     let mut py = WxCrypt::start();
     let sets: [(&str, Vec<String>); 3] = [
-        (REPLY_RULES, reply_triggers()),
+        ("reply.toml", reply_triggers()),
         (
-            ALL_TYPES_RULES,
+            "all-types.toml",
             ALL_TYPES_CASES
                 .iter()
                 .map(|(f, _)| message_fixture(f))
                 .collect(),
         ),
         (
-            MATCH_RULES,
+            "match.toml",
             match_cases().into_iter().map(|(_, m, _)| m).collect(),
         ),
     ];
@@ -525,7 +513,7 @@ fn encrypted_replies_equal_plaintext_replies() {
         format!("{}{}", &xml[..a], &xml[b..])
     };
     for (rules, messages) in sets {
-        let r = Responder::start(&safe_config("", rules));
+        let r = Responder::start(&safe_config("", &rules_fixture(rules)));
         let nginx = Nginx::start(&r.socket, true);
         for msg in messages {
             let plain = nginx.request(

@@ -8,7 +8,7 @@ use std::path::Path;
 use weixin_fcgi::fastcgi::client::encode_request;
 use weixin_fcgi::fastcgi::record;
 
-// From /work/shared/vectors/wechat-vectors.json (token "pamtest").
+// From tests/fixtures/vectors/wechat-vectors.json (token "pamtest").
 const TS: &str = "1409304348";
 const NONCE: &str = "xxxxxx";
 const SIGNATURE: &str = "76480565cbe296026c53aaacd1ad523a1ddba24f";

@@ -22,7 +22,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use weixin_fcgi::app::App;
-use weixin_fcgi::config::{Config, LogLevel};
+use weixin_fcgi::config::Config;
+use weixin_fcgi::logger::LogLevel;
 use weixin_fcgi::fastcgi::record::{self, BeginRequest, Pairs, Parsed, kind};
 use weixin_fcgi::fastcgi::{Listener, Server, ServerConfig};
 
@@ -67,7 +68,7 @@ fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
         common::ignore_sigpipe();
-        weixin_fcgi::log::set_level(LogLevel::Error);
+        weixin_fcgi::logger::set_level(LogLevel::Error);
         let dir = std::env::temp_dir().join(format!("weixin-fcgi-fuzz-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");

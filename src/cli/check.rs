@@ -256,8 +256,8 @@ fn describe_action(action: &Action) -> String {
         Action::Reply(r) => r,
         Action::Forward(f) => {
             let target = match &f.target {
-                crate::forward::Target::Http { url } => format!("forward to {url}"),
-                crate::forward::Target::Exec { command, .. } => {
+                crate::rules::Target::Http { url } => format!("forward to {url}"),
+                crate::rules::Target::Exec { command, .. } => {
                     format!("exec {}", command.first().map(String::as_str).unwrap_or(""))
                 }
             };

@@ -8,7 +8,6 @@ pub mod check;
 pub mod send;
 
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Exit status of a usage error (same as the server's).
 const USAGE_ERROR: u8 = 2;
@@ -73,14 +72,6 @@ impl Args {
     fn has(&self, name: &str) -> bool {
         self.flags.iter().any(|(n, _)| n == name)
     }
-}
-
-/// Seconds since the epoch.
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// `n` random ASCII digits from the OS generator (first digit non-zero).

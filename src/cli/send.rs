@@ -11,16 +11,16 @@
 //! `https://` is not supported (no TLS client): send to nginx's plain-HTTP listener on
 //! loopback, or to the FastCGI socket directly.
 
-use super::{Args, now, random_digits, usage_error};
+use super::{Args, random_digits, usage_error};
 use crate::config::{Config, DEFAULT_DEMO_TOKEN, check_token};
-use crate::escape::for_terminal;
 use crate::fastcgi::client::{self, Connection};
+use crate::logger::for_terminal;
 use crate::wechat::crypto::{self, AesKey};
 use crate::wechat::message::Message;
 use crate::wechat::reply::write_cdata;
 use crate::wechat::signature::{sign, verify_msg};
+use crate::wechat::unix_time;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -184,7 +184,7 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
     let (kind, rest) = args.positional.split_first().ok_or_else(|| {
         usage("missing KIND: verify, text, image, voice, location, link, event or xml (see --help)")
     })?;
-    let timestamp = now().to_string();
+    let timestamp = unix_time().to_string();
     let nonce = random_digits(10).map_err(failed)?;
     let signature = sign_str(&[&creds.token, &timestamp, &nonce]);
     let from = args.value("--from").unwrap_or(DEFAULT_FROM);
@@ -204,7 +204,7 @@ fn run(args: &Args) -> Result<ExitCode, Failure> {
     let message = build_message(kind, rest, args, from, to_user)?;
     let mut query = format!(
         "signature={signature}&timestamp={timestamp}&nonce={nonce}&openid={}",
-        url_encode(from)
+        crate::query::encode(from)
     );
     let safe = match &creds.aes {
         Some(aes) if !args.has("--plain") => Some(aes),
@@ -369,19 +369,6 @@ fn sign_str(parts: &[&str]) -> String {
     String::from_utf8_lossy(&sign(&mut bytes)).into_owned()
 }
 
-/// Percent-encodes a query value (unreserved characters stay).
-fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The plaintext message XML for `kind`.
 fn build_message(
     kind: &str,
@@ -507,7 +494,11 @@ fn build_message(
     out.extend_from_slice(b"</ToUserName><FromUserName>");
     write_cdata(&mut out, from);
     out.extend_from_slice(
-        format!("</FromUserName><CreateTime>{}</CreateTime><MsgType>", now()).as_bytes(),
+        format!(
+            "</FromUserName><CreateTime>{}</CreateTime><MsgType>",
+            unix_time()
+        )
+        .as_bytes(),
     );
     write_cdata(&mut out, msg_type);
     out.extend_from_slice(b"</MsgType>");
@@ -538,9 +529,9 @@ fn exchange(
     body: &[u8],
     timeout: Duration,
 ) -> Result<Received, Failure> {
-    let deadline = Instant::now() + timeout;
     match target {
         Target::FastCgi(addr) => {
+            let deadline = Instant::now() + timeout;
             let conn = connect(addr, deadline)
                 .map_err(|e| failed(format!("cannot connect to {addr}: {e}")))?;
             let mut conn = Deadline {
@@ -569,14 +560,10 @@ fn exchange(
                 body: resp.body,
             })
         }
-        Target::Http { host_port } => http(
-            host_port,
-            method,
-            &format!("{path}?{query}"),
-            body,
-            deadline,
-        )
-        .map_err(|e| failed(format!("HTTP request to {host_port} failed: {e}"))),
+        Target::Http { host_port } => {
+            http(host_port, method, &format!("{path}?{query}"), body, timeout)
+                .map_err(|e| failed(format!("HTTP request to {host_port} failed: {e}")))
+        }
     }
 }
 
@@ -588,31 +575,7 @@ struct Deadline<S> {
     deadline: Instant,
 }
 
-/// Streams whose blocking calls can be given a timeout.
-trait Timeouts {
-    fn set_timeouts(&self, limit: Duration) -> io::Result<()>;
-}
-
-impl Timeouts for TcpStream {
-    fn set_timeouts(&self, limit: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(limit))?;
-        self.set_write_timeout(Some(limit))
-    }
-}
-
-impl Timeouts for Connection {
-    fn set_timeouts(&self, limit: Duration) -> io::Result<()> {
-        match self {
-            Connection::Unix(s) => {
-                s.set_read_timeout(Some(limit))?;
-                s.set_write_timeout(Some(limit))
-            }
-            Connection::Tcp(s) => s.set_timeouts(limit),
-        }
-    }
-}
-
-impl<S: Timeouts> Deadline<S> {
+impl Deadline<Connection> {
     /// Arms the stream's timeouts with what is left, or fails once nothing is.
     fn arm(&self) -> io::Result<()> {
         let left = self.deadline.saturating_duration_since(Instant::now());
@@ -622,18 +585,27 @@ impl<S: Timeouts> Deadline<S> {
                 "--timeout reached before the whole reply arrived",
             ));
         }
-        self.stream.set_timeouts(left)
+        match &self.stream {
+            Connection::Unix(s) => {
+                s.set_read_timeout(Some(left))?;
+                s.set_write_timeout(Some(left))
+            }
+            Connection::Tcp(s) => {
+                s.set_read_timeout(Some(left))?;
+                s.set_write_timeout(Some(left))
+            }
+        }
     }
 }
 
-impl<S: Timeouts + Read> Read for Deadline<S> {
+impl Read for Deadline<Connection> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.arm()?;
         self.stream.read(buf)
     }
 }
 
-impl<S: Timeouts + Write> Write for Deadline<S> {
+impl Write for Deadline<Connection> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.arm()?;
         self.stream.write(buf)
@@ -644,127 +616,63 @@ impl<S: Timeouts + Write> Write for Deadline<S> {
 }
 
 /// Connects to `unix:PATH`, a path containing `/`, or `host:port` (as
-/// [`Connection::connect`]), the TCP connect bounded by `deadline`.
+/// [`Connection::connect`]), a TCP connect bounded by `deadline`.
 fn connect(addr: &str, deadline: Instant) -> io::Result<Connection> {
+    use std::os::unix::net::UnixStream;
     if let Some(path) = addr.strip_prefix("unix:") {
-        Ok(Connection::Unix(std::os::unix::net::UnixStream::connect(
-            path,
-        )?))
-    } else if addr.contains('/') {
-        Ok(Connection::Unix(std::os::unix::net::UnixStream::connect(
-            addr,
-        )?))
-    } else {
-        Ok(Connection::Tcp(tcp_connect(addr, deadline)?))
+        return Ok(Connection::Unix(UnixStream::connect(path)?));
     }
-}
-
-/// A TCP connect to `host_port` (each resolved address in turn) bounded by `deadline`.
-fn tcp_connect(host_port: &str, deadline: Instant) -> io::Result<TcpStream> {
-    use std::net::ToSocketAddrs;
+    if addr.contains('/') {
+        return Ok(Connection::Unix(UnixStream::connect(addr)?));
+    }
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-    for addr in host_port.to_socket_addrs()? {
+    for sock in std::net::ToSocketAddrs::to_socket_addrs(addr)? {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "--timeout reached"));
         }
-        match TcpStream::connect_timeout(&addr, left) {
-            Ok(s) => return Ok(s),
+        match std::net::TcpStream::connect_timeout(&sock, left) {
+            Ok(s) => return Ok(Connection::Tcp(s)),
             Err(e) => last = e,
         }
     }
     Err(last)
 }
 
-/// One HTTP/1.1 request with `Connection: close`; handles Content-Length, chunked and
-/// close-delimited bodies.
+/// One HTTP request (ureq: no proxy, no redirects, the whole exchange under `timeout`).
 fn http(
     host_port: &str,
     method: &str,
     uri: &str,
     body: &[u8],
-    deadline: Instant,
+    timeout: Duration,
 ) -> Result<Received, String> {
-    let stream = tcp_connect(host_port, deadline).map_err(|e| e.to_string())?;
-    let mut s = Deadline { stream, deadline };
-    let mut req = format!(
-        "{method} {uri} HTTP/1.1\r\nHost: {host_port}\r\nUser-Agent: weixin-fcgi-send\r\n\
-         Connection: close\r\n"
-    )
-    .into_bytes();
-    if method == "POST" {
-        req.extend_from_slice(
-            format!(
-                "Content-Type: text/xml\r\nContent-Length: {}\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        );
-    }
-    req.extend_from_slice(b"\r\n");
-    req.extend_from_slice(body);
-    s.write_all(&req)
-        .map_err(|e| format!("while sending: {e}"))?;
-    let mut raw = Vec::new();
-    s.take(MAX_REPLY as u64 + 64 * 1024)
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("while reading the response: {e}"))?;
-    parse_http(&raw)
-}
-
-fn parse_http(raw: &[u8]) -> Result<Received, String> {
-    let end = find(raw, b"\r\n\r\n").ok_or("response has no end of headers")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "response headers are not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .filter(|l| l.starts_with("HTTP/1."))
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or("not an HTTP/1.x status line")?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().map_err(|_| "bad Content-Length")?);
-        }
-    }
-    let rest = &raw[end + 4..];
-    let body = if chunked {
-        dechunk(rest).ok_or("bad chunked body")?
-    } else if let Some(n) = length {
-        rest.get(..n)
-            .ok_or("body shorter than Content-Length")?
-            .to_vec()
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .proxy(None)
+        .max_redirects(0)
+        .user_agent("weixin-fcgi-send")
+        .build()
+        .into();
+    let url = format!("http://{host_port}{uri}");
+    let sent = if method == "POST" {
+        agent
+            .post(&url)
+            .header("Content-Type", "text/xml")
+            .send(body)
     } else {
-        rest.to_vec()
+        agent.get(&url).call()
     };
+    let mut response = sent.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_REPLY as u64 + 64 * 1024)
+        .read_to_vec()
+        .map_err(|e| format!("while reading the response: {e}"))?;
     Ok(Received { status, body })
-}
-
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = find(b, b"\r\n")?;
-        let size_str = std::str::from_utf8(&b[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
-        b = b.get(line_end + 2..)?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn refused(got: &Received) -> Failure {
@@ -906,20 +814,8 @@ mod tests {
     }
 
     #[test]
-    fn parses_http_responses() {
-        let r = parse_http(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef").unwrap();
-        assert_eq!((r.status, &r.body[..]), (200, &b"abc"[..]));
-        let r = parse_http(
-            b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nno\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!((r.status, &r.body[..]), (403, &b"no"[..]));
-        assert!(parse_http(b"garbage").is_err());
-    }
-
-    #[test]
     fn encodes_query_values() {
-        assert_eq!(url_encode("o-test_user.1~"), "o-test_user.1~");
-        assert_eq!(url_encode("a b&c"), "a%20b%26c");
+        assert_eq!(crate::query::encode("o-test_user.1~"), "o-test_user.1~");
+        assert_eq!(crate::query::encode("a b&c"), "a%20b%26c");
     }
 }

@@ -14,7 +14,7 @@
 //! live in the store, which is bounded in bytes (`state_memory_bytes`) and drops the oldest
 //! first. Lookups are one `HashMap` access each.
 
-use crate::ratelimit::Throttle;
+use crate::logger::Throttle;
 use crate::state::{Store, StoreError};
 use std::collections::HashMap;
 use std::marker::PhantomData;

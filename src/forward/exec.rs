@@ -55,6 +55,7 @@ pub fn run(
         output: child.stdout.take(),
         out: Vec::new(),
         max_output,
+        cut: false,
     };
     let status = match io.run(&mut child, stdin, timeout) {
         Ok(status) => status,
@@ -65,6 +66,9 @@ pub fn run(
     };
     if !status.success() {
         return Err(format!("program failed ({status})"));
+    }
+    if io.cut {
+        drop_partial_char(&mut io.out);
     }
     let text = String::from_utf8_lossy(&io.out);
     let text = text.trim();
@@ -90,6 +94,8 @@ struct Pipes {
     output: Option<ChildStdout>,
     out: Vec<u8>,
     max_output: usize,
+    /// Output was cut at `max_output` (then a partial last character is dropped).
+    cut: bool,
 }
 
 impl Pipes {
@@ -196,6 +202,7 @@ impl Pipes {
                 Ok(0) => break,
                 Ok(n) => {
                     let room = self.max_output.saturating_sub(self.out.len());
+                    self.cut |= n > room;
                     self.out.extend_from_slice(&buf[..n.min(room)]);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -204,6 +211,20 @@ impl Pipes {
             }
         }
         self.output = None;
+    }
+}
+
+/// Drops a UTF-8 character left incomplete at the end of `out` by the output cap.
+fn drop_partial_char(out: &mut Vec<u8>) {
+    // A character is at most 4 bytes: only the last 3 can belong to an incomplete one.
+    let tail = out.len().saturating_sub(3);
+    let Some(start) = (tail..out.len()).find(|&i| out[i] & 0xC0 != 0x80) else {
+        return;
+    };
+    if let Err(e) = std::str::from_utf8(&out[start..]) {
+        if e.error_len().is_none() {
+            out.truncate(start + e.valid_up_to());
+        }
     }
 }
 
@@ -240,6 +261,11 @@ mod tests {
         let big = run(&sh("yes | head -c 100000"), &[], b"", t, 10);
         assert_eq!(big.as_deref(), Ok("y\ny\ny\ny\ny"));
         assert!(run(&["/nonexistent".to_string()], &[], b"", t, 10).is_err());
+        // The cap falls inside the second "é": the output ends on a character boundary.
+        let cut = run(&sh("printf 'ééé'"), &[], b"", t, 3);
+        assert_eq!(cut.as_deref(), Ok("é"));
+        let cut = run(&sh("printf 'a😀b'"), &[], b"", t, 4);
+        assert_eq!(cut.as_deref(), Ok("a"));
         // A program that never reads its stdin cannot block us.
         let big_in = vec![b'x'; 1 << 20];
         assert_eq!(

@@ -1,56 +1,80 @@
-//! Response headers chosen by a backend (the menu handler's `"h"`), checked before they reach
-//! the CGI head: a name must be an HTTP token (RFC 9110 §5.6.2 `tchar`), must not be one we set
-//! ourselves (compared case-insensitively, after the token check, so `"Location:"` or
-//! `"Status\n"` cannot slip past it), and a value must not hold CR, LF or NUL. Anything else is
-//! dropped with one log line.
+//! Which response headers from a backend (a menu handler's `h`, a `redirect_url` answer) may
+//! reach the browser. One function, [`check_response_header`], used for both.
 
-/// Headers the responder sets itself.
+/// Longest header name passed on.
+pub const MAX_NAME: usize = 128;
+/// Longest header value passed on.
+pub const MAX_VALUE: usize = 8 * 1024;
+
+/// Headers that describe one connection (RFC 9110 §7.6.1) or that the FastCGI transport,
+/// nginx or CGI own: never taken from a backend.
 const RESERVED: &[&str] = &[
-    "status",
-    "content-type",
-    "content-length",
-    "location",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
     "transfer-encoding",
-    "x-content-type-options",
+    "upgrade",
+    // Computed by nginx from the body it sends.
+    "content-length",
+    // The CGI status line; nginx reads it as the HTTP status.
+    "status",
+    // nginx adds its own.
+    "date",
+    "server",
 ];
 
-/// RFC 9110 `tchar`: `!#$%&'*+-.^_`|~`, digits and letters.
-fn is_tchar(b: u8) -> bool {
+/// Whether a backend's response header `name: value` may be passed to the browser; `Err` is a
+/// short reason for the log. Refused: names that are not HTTP tokens or are too long; values
+/// with CR, LF, NUL or another control character (tab excepted) or too long; hop-by-hop and
+/// transport headers ([`RESERVED`]); `X-Accel-*`, which nginx would obey (internal redirects,
+/// buffering) instead of passing on.
+pub fn check_response_header(name: &str, value: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > MAX_NAME || !name.bytes().all(is_token_byte) {
+        return Err("header name is not an HTTP token");
+    }
+    if value.len() > MAX_VALUE {
+        return Err("header value too long");
+    }
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err("header value has CR, LF, NUL or another control character");
+    }
+    let lower = name.to_ascii_lowercase();
+    if RESERVED.contains(&lower.as_str()) {
+        return Err("hop-by-hop or transport header");
+    }
+    if lower.starts_with("x-accel-") {
+        return Err("X-Accel-* header (nginx would act on it)");
+    }
+    Ok(())
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// A non-empty HTTP token.
-pub fn is_token(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(is_tchar)
-}
-
-/// Why a header was dropped.
-fn refusal(name: &str, value: &str) -> Option<&'static str> {
-    if !is_token(name) {
-        Some("name is not an HTTP token")
-    } else if RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r)) {
-        Some("name is reserved")
-    } else if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
-        Some("value holds CR, LF or NUL")
-    } else {
-        None
+/// A request header's name from its FastCGI parameter (`HTTP_USER_AGENT` → `User-Agent`).
+pub fn from_cgi_name(param: &str) -> Option<String> {
+    let rest = param.strip_prefix("HTTP_")?;
+    if rest.is_empty() {
+        return None;
     }
-}
-
-/// The headers of `headers` that may be sent; each dropped one is logged (`origin` names the
-/// backend, e.g. `menu_handler account=shop`).
-pub fn allowed<'h>(
-    headers: &'h [(String, String)],
-    origin: &str,
-) -> impl Iterator<Item = (&'h str, &'h str)> {
-    headers.iter().filter_map(move |(name, value)| {
-        if let Some(why) = refusal(name, value) {
-            crate::log_warn!("{origin}: dropping header {name:?}: {why}");
-            None
-        } else {
-            Some((name.as_str(), value.as_str()))
+    let mut out = String::with_capacity(rest.len());
+    for (i, part) in rest.split('_').enumerate() {
+        if i > 0 {
+            out.push('-');
         }
-    })
+        let mut chars = part.chars();
+        if let Some(first) = chars.next() {
+            out.push(first.to_ascii_uppercase());
+            out.extend(chars.map(|c| c.to_ascii_lowercase()));
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -58,46 +82,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens() {
-        for ok in ["Set-Cookie", "X-A", "a!#$%&'*+-.^_`|~9"] {
-            assert!(is_token(ok), "{ok:?}");
-        }
-        for bad in [
-            "",
-            "Location:",
-            "A B",
-            "Content-Type\n",
-            "X\r",
-            "é",
-            "a\0",
-            "(x)",
+    fn passes_ordinary_headers() {
+        for (n, v) in [
+            ("Set-Cookie", "sid=1; Path=/; HttpOnly"),
+            ("Location", "http://example.com/p?u=1"),
+            ("Cache-Control", "no-store"),
+            ("X-Custom", "a\tb"),
+            ("Content-Type", "text/html; charset=utf-8"),
         ] {
-            assert!(!is_token(bad), "{bad:?}");
+            assert_eq!(check_response_header(n, v), Ok(()), "{n}");
         }
     }
 
     #[test]
-    fn only_safe_headers_pass() {
-        let h = |n: &str, v: &str| (n.to_string(), v.to_string());
-        let headers = [
-            h("Set-Cookie", "sid=1; HttpOnly"),
-            h("Location:", "http://evil/"),
-            h("Content-Length:", "3"),
-            h("Content-Type\n", "text/evil"),
-            h("Status:", "500"),
-            h("status", "500"),
-            h("LOCATION", "http://evil/"),
-            h("X-Split", "a\r\nX-Injected: 1"),
-            h("X-Nul", "a\0b"),
-            h("Cache-Control", "no-store"),
-        ];
-        let kept: Vec<_> = allowed(&headers, "test").collect();
+    fn refuses_injection_and_transport_headers() {
+        for (n, v) in [
+            ("Set-Cookie", "a=b\r\nX-Evil: 1"),
+            ("Set-Cookie", "a=b\nc"),
+            ("X-A", "nul\0"),
+            ("X-A", "bell\x07"),
+            ("Bad Name", "v"),
+            ("Bad:Name", "v"),
+            ("", "v"),
+            ("Naïve", "v"),
+            ("Transfer-Encoding", "chunked"),
+            ("connection", "close"),
+            ("Content-Length", "5"),
+            ("Status", "200"),
+            ("X-Accel-Redirect", "/internal"),
+            ("Upgrade", "websocket"),
+        ] {
+            assert!(check_response_header(n, v).is_err(), "{n:?}: {v:?}");
+        }
+        assert!(check_response_header("X", &"a".repeat(MAX_VALUE + 1)).is_err());
+        assert!(check_response_header(&"a".repeat(MAX_NAME + 1), "v").is_err());
+    }
+
+    #[test]
+    fn cgi_names() {
         assert_eq!(
-            kept,
-            [
-                ("Set-Cookie", "sid=1; HttpOnly"),
-                ("Cache-Control", "no-store")
-            ]
+            from_cgi_name("HTTP_USER_AGENT").as_deref(),
+            Some("User-Agent")
         );
+        assert_eq!(from_cgi_name("HTTP_COOKIE").as_deref(), Some("Cookie"));
+        assert_eq!(
+            from_cgi_name("HTTP_X_FORWARDED_FOR").as_deref(),
+            Some("X-Forwarded-For")
+        );
+        assert_eq!(from_cgi_name("REMOTE_ADDR"), None);
+        assert_eq!(from_cgi_name("HTTP_"), None);
     }
 }

@@ -2,9 +2,11 @@
 //! go-wx-gateway HTTP+JSON protocol, see [`backend`]) or a program ([`exec`]).
 //!
 //! # Threads
-//! The FastCGI workers never wait on a backend. The handler returns `Outcome::Later` with a
+//! The FastCGI workers never wait on a backend. The handler defers the request and submits a
 //! [`Job`] holding owned copies of what the answer needs (the JSON or environment, the reply
-//! envelope, the pre-rendered fallback, the encryption context). On the worker, right away:
+//! envelope, the pre-rendered fallback, the encryption context), with a [`Complete`] callback
+//! that sends the [`Answer`]: this module never sees a transport type. On the worker, right
+//! away:
 //! 1. the de-duplication table is consulted ([`dedup`]): a finished attempt answers at once, an
 //!    attempt in flight gets the request parked on it;
 //! 2. otherwise a forward slot is taken (`forward_slots`, a counter) and the job goes down a
@@ -13,8 +15,11 @@
 //!
 //! The forward thread calls the backend under the rule's deadline, renders the reply (and
 //! encrypts it in safe mode) and finishes the request and every retry parked on it.
-//! Failures (non-200, bad JSON, unknown type, timeout, refused, program failure) answer the
-//! fallback (or `success` without one) and log one line naming the account, rule and reason.
+//! Failures (no usable JSON answer, unknown type, timeout, refused, program failure — see
+//! [`backend::interpret`]) answer the fallback (or `success` without one) and log one line
+//! naming the account, rule and reason; an explicit "no reply" from the backend is never
+//! replaced by the fallback. With `user_info`, the user's info is looked up first
+//! ([`userinfo`]).
 
 pub mod backend;
 pub mod dedup;
@@ -22,12 +27,14 @@ pub mod exec;
 pub mod headers;
 pub mod oauth;
 pub mod oauth_pool;
+pub mod userinfo;
 
-use crate::fastcgi::{Pending, Response};
-use crate::rules::ReplyTemplate;
+use crate::config::ForwardSettings;
+use crate::rules::{Forward, Target};
 use crate::wechat::crypto::AesKey;
 use crate::wechat::message::Message;
-use crate::wechat::reply::{self, Article, Envelope, Limits, Reply};
+use crate::wechat::reply::{self, Envelope, Limits, Reply};
+use crate::wechat::{Sealer, unix_time};
 use backend::OwnedReply;
 use dedup::{Begin, Table};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,50 +42,54 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// A `forward` or `exec` action (from the config).
-#[derive(Debug, Clone)]
-pub struct Forward {
-    pub target: Target,
-    /// `timeout_ms`: deadline of one backend call or program run.
-    pub timeout: Duration,
-    /// `fallback`: the static reply when the backend fails; `None` answers `success`.
-    pub fallback: Option<ReplyTemplate>,
+/// A finished answer to a deferred request, for the caller to send over its transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    /// Extra header lines (menu OAuth pages).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
-/// Where the answer comes from.
-#[derive(Debug, Clone)]
-pub enum Target {
-    /// `url`: base URL, `http://` to a loopback or private address.
-    Http { url: String },
-    /// `command`: program and arguments; `max_output`: stdout cap in bytes.
-    Exec {
-        command: Vec<String>,
-        max_output: usize,
-    },
-}
+impl Answer {
+    /// A plain-text answer (errors).
+    pub fn plain(status: u16, text: &str) -> Answer {
+        Answer {
+            status,
+            content_type: crate::wechat::TEXT,
+            headers: Vec::new(),
+            body: text.as_bytes().to_vec(),
+        }
+    }
 
-/// Global settings (`forward_slots`, `dedup_seconds`, `dedup_entries`, `oauth_slots`,
-/// `oauth_rate`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settings {
-    pub slots: usize,
-    /// 0 turns de-duplication off.
-    pub dedup_seconds: u64,
-    pub dedup_entries: usize,
-    /// Menu OAuth's own pool and rate limit.
-    pub oauth: oauth_pool::OAuthSettings,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            slots: 8,
-            dedup_seconds: 30,
-            dedup_entries: 4096,
-            oauth: oauth_pool::OAuthSettings::default(),
+    /// The reply (encrypted when `encrypt` is set) or `success`; 500 when it cannot be
+    /// encrypted (no OS randomness).
+    pub fn reply(reply_xml: Option<&[u8]>, encrypt: Option<&Encrypt>) -> Answer {
+        let seal = encrypt.map(|e| Sealer {
+            token: e.token.as_bytes(),
+            key: &e.key,
+            app_id: &e.app_id,
+        });
+        let mut body = Vec::with_capacity(reply_xml.map_or(16, |x| x.len() * 2 + 256));
+        match crate::wechat::write_answer(reply_xml, seal.as_ref(), &mut body) {
+            Ok(content_type) => Answer {
+                status: 200,
+                content_type,
+                headers: Vec::new(),
+                body,
+            },
+            Err(e) => {
+                crate::log_error!("cannot encrypt the reply (no OS randomness?): {e}");
+                Answer::plain(500, "cannot encrypt the reply\n")
+            }
         }
     }
 }
+
+/// Sends the answer of one deferred request; handed in by the caller with each job. Dropping
+/// it unanswered is the caller's to handle (the FastCGI transport answers 500).
+pub type Complete = Box<dyn FnOnce(Answer) + Send>;
 
 /// Safe-mode encryption of the reply (owned, to run on a forward thread).
 #[derive(Clone)]
@@ -106,6 +117,8 @@ pub struct Job {
     fallback: Option<Vec<u8>>,
     /// Set by the handler in safe mode.
     pub encrypt: Option<Encrypt>,
+    /// Set by the handler for accounts with `user_info = true` (HTTP targets only).
+    pub user_info: Option<userinfo::Credentials>,
 }
 
 impl Job {
@@ -152,6 +165,7 @@ impl Job {
             limits,
             fallback,
             encrypt: None,
+            user_info: None,
         }
     }
 }
@@ -173,30 +187,20 @@ pub fn dedup_key(account: &str, msg: &Message<'_>) -> String {
     crate::state::key(account, "answer", &id)
 }
 
-/// The shared answer of one attempt: plain reply XML, or `None` for no reply.
-type Answer = Arc<Option<Vec<u8>>>;
+/// The shared result of one attempt: plain reply XML, or `None` for no reply.
+type Shared = Arc<Option<Vec<u8>>>;
 
 /// A request waiting for an answer.
 struct Waiter {
-    pending: Pending,
+    complete: Complete,
     encrypt: Option<Encrypt>,
 }
 
 impl Waiter {
-    fn answer(self, answer: Option<&[u8]>) {
-        let Waiter { pending, encrypt } = self;
-        pending.finish(|response| write_reply(answer, encrypt.as_ref(), response));
+    fn answer(self, reply_xml: Option<&[u8]>) {
+        let Waiter { complete, encrypt } = self;
+        complete(Answer::reply(reply_xml, encrypt.as_ref()));
     }
-}
-
-/// Fills `response` with a reply (encrypted when `encrypt` is set) or `success`.
-pub fn write_reply(reply_xml: Option<&[u8]>, encrypt: Option<&Encrypt>, response: &mut Response) {
-    let seal = encrypt.map(|e| crate::app::Sealer {
-        token: e.token.as_bytes(),
-        key: &e.key,
-        app_id: &e.app_id,
-    });
-    crate::app::write_reply(reply_xml, seal.as_ref(), response);
 }
 
 enum Task {
@@ -205,17 +209,22 @@ enum Task {
 
 /// The forward pool, the de-duplication table, and menu OAuth's own pool.
 pub struct Forwarder {
-    settings: Settings,
+    settings: ForwardSettings,
     busy: Arc<AtomicUsize>,
-    dedup: Arc<Table<Waiter, Answer>>,
+    dedup: Arc<Table<Waiter, Shared>>,
     sender: OnceLock<SyncSender<Task>>,
+    /// `userInfo` lookups (access tokens and user infos in a byte-bounded store).
+    user_info: Arc<userinfo::UserInfo>,
     /// Separate from the forward slots: unsigned OAuth GETs never starve messages.
     pub oauth: oauth_pool::OAuthPool,
 }
 
 impl Forwarder {
     /// Finished answers are kept in `store` (bounded in bytes).
-    pub fn new(settings: Settings, store: Arc<dyn crate::state::Store>) -> Forwarder {
+    pub fn new(settings: ForwardSettings, store: Arc<dyn crate::state::Store>) -> Forwarder {
+        let user_info = Arc::new(userinfo::UserInfo::new(Arc::new(
+            crate::state::MemoryStore::new(userinfo::STORE_BUDGET),
+        )));
         Forwarder {
             settings,
             busy: Arc::new(AtomicUsize::new(0)),
@@ -224,7 +233,8 @@ impl Forwarder {
                 Duration::from_secs(settings.dedup_seconds),
             )),
             sender: OnceLock::new(),
-            oauth: oauth_pool::OAuthPool::new(settings.oauth),
+            oauth: oauth_pool::OAuthPool::new(settings.oauth, Arc::clone(&user_info)),
+            user_info,
         }
     }
 
@@ -233,12 +243,12 @@ impl Forwarder {
         self.settings.dedup_seconds > 0
     }
 
-    /// Answers `pending` for `job`: from the de-duplication table, by parking it on an attempt
-    /// in flight, on a forward thread, or with the fallback when every slot is busy.
+    /// Answers `job` through `complete`: from the de-duplication table, by parking it on an
+    /// attempt in flight, on a forward thread, or with the fallback when every slot is busy.
     /// Never blocks (called on a FastCGI worker).
-    pub fn submit(&self, job: Job, pending: Pending) {
+    pub fn submit(&self, job: Job, complete: Complete) {
         let waiter = Waiter {
-            pending,
+            complete,
             encrypt: job.encrypt.clone(),
         };
         let acquire = || {
@@ -290,7 +300,7 @@ impl Forwarder {
                 job.account,
                 job.rule
             );
-            let answer: Answer = Arc::new(job.fallback.clone());
+            let answer: Shared = Arc::new(job.fallback.clone());
             finish_all(&self.dedup, &job, waiter, &answer);
         }
     }
@@ -298,11 +308,11 @@ impl Forwarder {
     /// Completes an admitted menu OAuth redirect on the OAuth pool (see [`oauth_pool`]).
     pub fn submit_oauth(
         &self,
-        job: oauth::OAuthJob,
+        job: Box<oauth::OAuthJob>,
         admitted: oauth_pool::Admitted,
-        pending: Pending,
+        complete: Complete,
     ) {
-        self.oauth.submit(job, admitted, pending);
+        self.oauth.submit(job, admitted, complete);
     }
 
     fn spawn(&self) -> SyncSender<Task> {
@@ -312,9 +322,10 @@ impl Forwarder {
             let rx = Arc::clone(&rx);
             let busy = Arc::clone(&self.busy);
             let dedup = Arc::clone(&self.dedup);
+            let user_info = Arc::clone(&self.user_info);
             let spawned = std::thread::Builder::new()
                 .name(format!("forward-{i}"))
-                .spawn(move || forward_thread(&rx, &busy, &dedup));
+                .spawn(move || forward_thread(&rx, &busy, &dedup, &user_info));
             if let Err(e) = spawned {
                 crate::log_error!("cannot start forward thread {i}: {e}");
             }
@@ -333,7 +344,12 @@ fn busy(job: Job, waiter: Waiter) {
     waiter.answer(job.fallback.as_deref());
 }
 
-fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<Waiter, Answer>) {
+fn forward_thread(
+    rx: &Mutex<Receiver<Task>>,
+    busy: &AtomicUsize,
+    dedup: &Table<Waiter, Shared>,
+    user_info: &userinfo::UserInfo,
+) {
     loop {
         let task = {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
@@ -344,9 +360,10 @@ fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<
             Err(_) => return,
         };
         let started = Instant::now();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job)));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job, user_info)));
         let ms = started.elapsed().as_millis();
-        let answer: Answer = match result {
+        let answer: Shared = match result {
             Ok(Ok(reply)) => {
                 crate::log_info!(
                     "forward account={} rule={} result=ok ms={ms}",
@@ -379,7 +396,7 @@ fn forward_thread(rx: &Mutex<Receiver<Task>>, busy: &AtomicUsize, dedup: &Table<
 }
 
 /// Answers the request and every retry parked on it, and stores the answer.
-fn finish_all(dedup: &Table<Waiter, Answer>, job: &Job, waiter: Waiter, answer: &Answer) {
+fn finish_all(dedup: &Table<Waiter, Shared>, job: &Job, waiter: Waiter, answer: &Shared) {
     let parked = match &job.key {
         Some(key) => dedup.complete(key, answer),
         None => Vec::new(),
@@ -390,11 +407,19 @@ fn finish_all(dedup: &Table<Waiter, Answer>, job: &Job, waiter: Waiter, answer: 
     }
 }
 
-fn run(job: &Job) -> Result<OwnedReply, String> {
+fn run(job: &Job, user_info: &userinfo::UserInfo) -> Result<OwnedReply, String> {
     match &job.forward.target {
         Target::Http { url } => {
             let url = format!("{}{}", url.trim_end_matches('/'), job.path);
-            backend::call(&url, &job.body, job.forward.timeout)
+            match &job.user_info {
+                Some(credentials) => {
+                    let (info, error) = user_info.lookup(credentials, &job.to_user);
+                    let mut body = job.body.clone();
+                    userinfo::append(&mut body, &info, &error);
+                    backend::call(&url, &body, job.forward.timeout)
+                }
+                None => backend::call(&url, &job.body, job.forward.timeout),
+            }
         }
         Target::Exec {
             command,
@@ -406,124 +431,26 @@ fn run(job: &Job) -> Result<OwnedReply, String> {
             job.forward.timeout,
             *max_output,
         )
-        .map(OwnedReply::Text),
+        .map(|content| Some(Reply::Text { content })),
     }
 }
 
 /// Renders a backend reply as reply XML; `None` for no reply.
 fn render(job: &Job, reply: &OwnedReply) -> Option<Vec<u8>> {
+    let reply = reply.as_ref()?;
     let envelope = Envelope {
         to_user: &job.to_user,
         from_user: &job.from_user,
-        create_time: crate::app::now(),
+        create_time: unix_time(),
     };
     let mut out = Vec::with_capacity(512);
-    let articles: Vec<Article<'_>>;
-    let r = match reply {
-        OwnedReply::None => return None,
-        OwnedReply::Text(content) => Reply::Text { content },
-        OwnedReply::Image(media_id) => Reply::Image { media_id },
-        OwnedReply::Voice(media_id) => Reply::Voice { media_id },
-        OwnedReply::Video {
-            media_id,
-            title,
-            description,
-        } => Reply::Video {
-            media_id,
-            title,
-            description,
-        },
-        OwnedReply::Music {
-            title,
-            description,
-            music_url,
-            hq_music_url,
-            thumb_media_id,
-        } => Reply::Music {
-            title,
-            description,
-            music_url,
-            hq_music_url,
-            thumb_media_id,
-        },
-        OwnedReply::News(items) => {
-            articles = items
-                .iter()
-                .map(|[title, description, pic_url, url]| Article {
-                    title,
-                    description,
-                    pic_url,
-                    url,
-                })
-                .collect();
-            Reply::News {
-                articles: &articles,
-            }
-        }
-    };
-    reply::render(&r, &envelope, &job.limits, &mut out);
+    reply::render(reply, &envelope, &job.limits, &mut out);
     Some(out)
-}
-
-/// Checks a forward base URL: `http://` to a loopback or private IP address (or
-/// `localhost`), with an optional port and path, no query or fragment.
-pub fn check_url(url: &str) -> Result<(), String> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err("must start with http:// (plain HTTP to a loopback or private address)".into());
-    };
-    let authority = rest.split('/').next().unwrap_or("");
-    if url.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("must not contain a query, fragment, whitespace or control characters".into());
-    }
-    if authority.contains('@') {
-        return Err("must not contain user information".into());
-    }
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        authority.split(':').next().unwrap_or("")
-    };
-    let private = match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback() || ip.is_private(),
-        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00,
-        Err(_) => host == "localhost",
-    };
-    if private {
-        Ok(())
-    } else {
-        Err(format!(
-            "host {host:?} is not a loopback or private IP address (or localhost)"
-        ))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls() {
-        for ok in [
-            "http://127.0.0.1:8080/base",
-            "http://10.1.2.3/x",
-            "http://192.168.1.1:1",
-            "http://172.16.0.1/",
-            "http://[::1]:80/a",
-            "http://localhost:9000",
-        ] {
-            assert_eq!(check_url(ok), Ok(()), "{ok}");
-        }
-        for bad in [
-            "https://127.0.0.1/",
-            "http://8.8.8.8/",
-            "http://example.com/",
-            "http://127.0.0.1/?q",
-            "http://u@127.0.0.1/",
-            "ftp://127.0.0.1/",
-        ] {
-            assert!(check_url(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn dedup_keys() {

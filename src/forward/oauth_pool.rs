@@ -12,31 +12,17 @@
 //!   given up by then).
 //!
 //! Refusals are logged as one summary line per account and reason every
-//! [`WARNING_INTERVAL`](crate::ratelimit::WARNING_INTERVAL), with a count.
+//! [`WARNING_INTERVAL`](crate::logger::WARNING_INTERVAL), with a count.
 
 use super::oauth::{self, OAuthJob};
-use crate::fastcgi::{Pending, Response};
-use crate::ratelimit::{Throttle, TokenBucket};
+use super::{Answer, Complete, userinfo};
+use crate::config::OAuthSettings;
+use crate::logger::Throttle;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
-
-/// Settings (`oauth_slots`, `oauth_rate`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OAuthSettings {
-    /// Threads doing OAuth exchanges; as many more may wait in the queue.
-    pub slots: usize,
-    /// Exchanges per second per account, and the burst.
-    pub rate: u32,
-}
-
-impl Default for OAuthSettings {
-    fn default() -> Self {
-        OAuthSettings { slots: 2, rate: 10 }
-    }
-}
 
 /// Why a GET was refused before any work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,18 +34,16 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Fills `response` with the refusal.
-    pub fn answer(self, response: &mut Response) {
-        match self {
-            Refusal::RateLimited => {
-                response.plain(429, "too many requests, try again\n");
-                response.add_header("Retry-After", "1");
-            }
-            Refusal::Busy => {
-                response.plain(503, "busy, try again\n");
-                response.add_header("Retry-After", "1");
-            }
-        }
+    /// The refusal as an answer: 429 or 503, with `Retry-After: 1`.
+    pub fn answer(self) -> Answer {
+        let mut answer = match self {
+            Refusal::RateLimited => Answer::plain(429, "too many requests, try again\n"),
+            Refusal::Busy => Answer::plain(503, "busy, try again\n"),
+        };
+        answer
+            .headers
+            .push(("Retry-After".to_string(), "1".to_string()));
+        answer
     }
 
     fn reason(self) -> &'static str {
@@ -78,8 +62,8 @@ struct AccountState {
 }
 
 struct Task {
-    job: OAuthJob,
-    pending: Pending,
+    job: Box<OAuthJob>,
+    complete: Complete,
     queued: Instant,
     /// Released when the task is done.
     _admitted: Admitted,
@@ -93,6 +77,8 @@ pub struct OAuthPool {
     sender: OnceLock<SyncSender<Task>>,
     /// Keyed by account name (from the config, so bounded by it).
     accounts: Mutex<HashMap<String, AccountState>>,
+    /// `userInfo` lookups, shared with the forward pool.
+    user_info: Arc<userinfo::UserInfo>,
 }
 
 /// A place in the pool, taken by [`OAuthPool::admit`]; given back when dropped.
@@ -107,7 +93,7 @@ impl Drop for Admitted {
 }
 
 impl OAuthPool {
-    pub fn new(settings: OAuthSettings) -> OAuthPool {
+    pub fn new(settings: OAuthSettings, user_info: Arc<userinfo::UserInfo>) -> OAuthPool {
         OAuthPool {
             settings: OAuthSettings {
                 slots: settings.slots.max(1),
@@ -116,6 +102,7 @@ impl OAuthPool {
             outstanding: Arc::new(AtomicUsize::new(0)),
             sender: OnceLock::new(),
             accounts: Mutex::new(HashMap::new()),
+            user_info,
         }
     }
 
@@ -162,18 +149,18 @@ impl OAuthPool {
             crate::log_warn!(
                 "oauth account={account} result=refused reason=\"{}\" count={count} (at most one line per {} s)",
                 refusal.reason(),
-                crate::ratelimit::WARNING_INTERVAL.as_secs()
+                crate::logger::WARNING_INTERVAL.as_secs()
             );
         }
         Err(refusal)
     }
 
     /// Queues an admitted exchange; never blocks (called on a FastCGI worker).
-    pub fn submit(&self, job: OAuthJob, admitted: Admitted, pending: Pending) {
+    pub fn submit(&self, job: Box<OAuthJob>, admitted: Admitted, complete: Complete) {
         let sender = self.sender.get_or_init(|| self.spawn());
         let task = Task {
             job,
-            pending,
+            complete,
             queued: Instant::now(),
             _admitted: admitted,
         };
@@ -186,7 +173,7 @@ impl OAuthPool {
                 "oauth account={} result=error reason=\"no oauth thread\"",
                 task.job.account
             );
-            task.pending.finish(|r| Refusal::Busy.answer(r));
+            (task.complete)(Refusal::Busy.answer());
         }
     }
 
@@ -195,10 +182,11 @@ impl OAuthPool {
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..self.settings.slots {
             let rx = Arc::clone(&rx);
+            let user_info = Arc::clone(&self.user_info);
             let spawned = std::thread::Builder::new()
                 .name(format!("oauth-{i}"))
                 .stack_size(256 * 1024)
-                .spawn(move || oauth_thread(&rx));
+                .spawn(move || oauth_thread(&rx, &user_info));
             if let Err(e) = spawned {
                 crate::log_error!("cannot start oauth thread {i}: {e}");
             }
@@ -207,7 +195,7 @@ impl OAuthPool {
     }
 }
 
-fn oauth_thread(rx: &Mutex<Receiver<Task>>) {
+fn oauth_thread(rx: &Mutex<Receiver<Task>>, user_info: &userinfo::UserInfo) {
     loop {
         let task = {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
@@ -219,29 +207,27 @@ fn oauth_thread(rx: &Mutex<Receiver<Task>>) {
                 "oauth account={} result=refused reason=\"waited too long in the queue\"",
                 task.job.account
             );
-            task.pending.finish(|r| Refusal::Busy.answer(r));
+            (task.complete)(Refusal::Busy.answer());
             continue;
         }
-        run_task(&task.job, task.pending);
+        run_task(&task.job, task.complete, user_info);
     }
 }
 
-fn run_task(job: &OAuthJob, pending: Pending) {
+fn run_task(job: &OAuthJob, complete: Complete, user_info: &userinfo::UserInfo) {
     let started = Instant::now();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| oauth::run(job)));
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| oauth::run(job, user_info)));
     let ms = started.elapsed().as_millis();
     match result {
         Ok(Ok(page)) => {
             crate::log_info!(
-                "oauth account={} result={} ms={ms}",
+                "oauth account={} result={} status={} ms={ms}",
                 job.account,
-                if page.redirect.is_empty() {
-                    "page"
-                } else {
-                    "redirect"
-                }
+                page.kind(),
+                page.status
             );
-            pending.finish(|r| page.write(r));
+            complete(page.into_answer());
         }
         Ok(Err(reason)) => {
             crate::log_warn!(
@@ -249,14 +235,71 @@ fn run_task(job: &OAuthJob, pending: Pending) {
                 job.account,
                 reason.escape_debug()
             );
-            pending.finish(|r| r.plain(502, "menu handler unavailable\n"));
+            complete(Answer::plain(502, "OAuth backend unavailable\n"));
         }
         Err(_) => {
             crate::log_error!(
                 "oauth account={} result=error reason=\"internal error\"",
                 job.account
             );
-            pending.finish(|r| r.plain(500, "internal error\n"));
+            complete(Answer::plain(500, "internal error\n"));
         }
+    }
+}
+
+/// A token bucket: `capacity` tokens at most, refilled at `per_second`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f64,
+    capacity: f64,
+    per_second: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(per_second: u32, capacity: u32, now: Instant) -> TokenBucket {
+        let capacity = f64::from(capacity.max(1));
+        TokenBucket {
+            tokens: capacity,
+            capacity,
+            per_second: f64::from(per_second),
+            last: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now.max(self.last);
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(2, 3, t0);
+        assert!((0..3).all(|_| b.take(t0)), "the burst");
+        assert!(!b.take(t0), "empty");
+        let half = t0 + Duration::from_millis(500);
+        assert!(b.take(half), "one token after 0.5 s at 2/s");
+        assert!(!b.take(half));
+        // Never more than the capacity, however long it waited.
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!((0..10).filter(|_| b.take(later)).count(), 3);
+        // A clock going backwards takes nothing and grants nothing extra.
+        assert!(!b.take(t0));
     }
 }

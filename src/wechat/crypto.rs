@@ -18,7 +18,6 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STAN
 use cbc::cipher::array::Array;
 use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
 
-use super::reply::u64_digits;
 use super::signature::{ct_eq, sign};
 
 /// A 32-byte AES key decoded from a 43-character EncodingAESKey. `Debug` is redacted.
@@ -282,8 +281,8 @@ pub fn render_encrypted_reply(
     let start = out.len();
     let mut nonce = [0u8; NONCE_LEN];
     random_digits(&mut nonce)?;
-    let mut ts_buf = [0; 20];
-    let ts = u64_digits(timestamp, &mut ts_buf);
+    let mut ts_buf = itoa::Buffer::new();
+    let ts = ts_buf.format(timestamp).as_bytes();
 
     out.extend_from_slice(b"<xml><Encrypt><![CDATA[");
     let b64_start = out.len();
@@ -358,20 +357,20 @@ mod tests {
     #[test]
     fn safe_mode_vectors_decrypt_and_verify() {
         let v = testvec::load();
-        assert_eq!(v.str("encoding_aes_key"), KEY);
-        assert_eq!(v.str("app_id"), APP_ID);
-        let token = v.str("token").as_bytes();
-        let cases = v.array("safe_mode_incoming");
+        assert_eq!(testvec::str(&v, "encoding_aes_key"), KEY);
+        assert_eq!(testvec::str(&v, "app_id"), APP_ID);
+        let token = testvec::str(&v, "token").as_bytes();
+        let cases = testvec::array(&v, "safe_mode_incoming");
         assert_eq!(cases.len(), 3);
         let mut scratch = Vec::new();
         for case in cases {
-            let body = Message::parse(case.str("body").as_bytes()).unwrap();
+            let body = Message::parse(testvec::str(case, "body").as_bytes()).unwrap();
             let encrypt_b64 = body.get("Encrypt").unwrap();
             let (ts, nonce) = (
-                case.str("timestamp").as_bytes(),
-                case.str("nonce").as_bytes(),
+                testvec::str(case, "timestamp").as_bytes(),
+                testvec::str(case, "nonce").as_bytes(),
             );
-            let sig = case.str("msg_signature").as_bytes();
+            let sig = testvec::str(case, "msg_signature").as_bytes();
             assert!(verify_msg(token, ts, nonce, encrypt_b64.as_bytes(), sig));
             let mut flipped = sig.to_vec();
             flipped[0] ^= 1;
@@ -391,7 +390,10 @@ mod tests {
             ));
 
             let msg = decrypt(&key(), APP_ID, encrypt_b64.as_bytes(), MAX, &mut scratch).unwrap();
-            assert_eq!(std::str::from_utf8(msg).unwrap(), case.str("plaintext"));
+            assert_eq!(
+                std::str::from_utf8(msg).unwrap(),
+                testvec::str(case, "plaintext")
+            );
             let inner = Message::parse(msg).unwrap();
             assert_eq!(inner.to_user(), "gh_test");
 
@@ -402,7 +404,7 @@ mod tests {
                 &key(),
                 APP_ID,
                 &random,
-                case.str("plaintext").as_bytes(),
+                testvec::str(case, "plaintext").as_bytes(),
                 &mut again,
             )
             .unwrap();

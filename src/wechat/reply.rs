@@ -17,43 +17,45 @@ pub const MAX_ARTICLES_FOR_EVENT: usize = 8;
 
 /// One news article.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Article<'a> {
-    pub title: &'a str,
-    pub description: &'a str,
-    pub pic_url: &'a str,
-    pub url: &'a str,
+pub struct Article<S> {
+    pub title: S,
+    pub description: S,
+    pub pic_url: S,
+    pub url: S,
 }
 
-/// A reply, with every value already rendered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reply<'a> {
+/// A passive reply. Its values are `S`: templates in the config (`Reply<Template>`), owned
+/// strings from a backend (`Reply<String>`), or borrowed text (`Reply<&str>`); all are
+/// rendered by [`render_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply<S> {
     Text {
-        content: &'a str,
+        content: S,
     },
     Image {
-        media_id: &'a str,
+        media_id: S,
     },
     Voice {
-        media_id: &'a str,
+        media_id: S,
     },
     Video {
-        media_id: &'a str,
-        title: &'a str,
-        description: &'a str,
+        media_id: S,
+        title: S,
+        description: S,
     },
     Music {
-        title: &'a str,
-        description: &'a str,
-        music_url: &'a str,
-        hq_music_url: &'a str,
-        thumb_media_id: &'a str,
+        title: S,
+        description: S,
+        music_url: S,
+        hq_music_url: S,
+        thumb_media_id: S,
     },
     News {
-        articles: &'a [Article<'a>],
+        articles: Vec<Article<S>>,
     },
     /// Hands the conversation to human agents; optional `TransInfo/KfAccount`.
     TransferCustomerService {
-        kf_account: Option<&'a str>,
+        kf_account: Option<S>,
     },
 }
 
@@ -85,8 +87,39 @@ impl Default for Limits {
     }
 }
 
-/// Appends the reply XML (`<xml>…</xml>`, nothing before or after) to `out`.
-pub fn render(reply: &Reply<'_>, envelope: &Envelope<'_>, limits: &Limits, out: &mut Vec<u8>) {
+/// Appends the reply XML (`<xml>…</xml>`, nothing before or after) to `out`, for a reply
+/// whose values are text.
+pub fn render<S: AsRef<str>>(
+    reply: &Reply<S>,
+    envelope: &Envelope<'_>,
+    limits: &Limits,
+    out: &mut Vec<u8>,
+) {
+    let mut scratch = String::new();
+    render_with(reply, envelope, limits, &mut scratch, out, |s, text| {
+        text.push_str(s.as_ref())
+    });
+}
+
+/// Appends the reply XML to `out`; `value` appends the text of each value to the string it is
+/// given (`scratch`, cleared before each value and reused, so a reply costs no allocation once
+/// `scratch` and `out` have grown). The one place every reply is rendered.
+pub fn render_with<S>(
+    reply: &Reply<S>,
+    envelope: &Envelope<'_>,
+    limits: &Limits,
+    scratch: &mut String,
+    out: &mut Vec<u8>,
+    mut value: impl FnMut(&S, &mut String),
+) {
+    // The text of one value, in `scratch`.
+    macro_rules! text_of {
+        ($v:expr) => {{
+            scratch.clear();
+            value($v, scratch);
+            scratch.as_str()
+        }};
+    }
     out.extend_from_slice(b"<xml>");
     cdata_field(out, "ToUserName", envelope.to_user);
     cdata_field(out, "FromUserName", envelope.from_user);
@@ -96,19 +129,19 @@ pub fn render(reply: &Reply<'_>, envelope: &Envelope<'_>, limits: &Limits, out: 
     match reply {
         Reply::Text { content } => {
             msg_type(out, "text");
-            let content = truncate_filtered(content, limits.text_max_bytes);
+            let content = truncate_filtered(text_of!(content), limits.text_max_bytes);
             cdata_field(out, "Content", content);
         }
         Reply::Image { media_id } => {
             msg_type(out, "image");
             out.extend_from_slice(b"<Image>");
-            cdata_field(out, "MediaId", media_id);
+            cdata_field(out, "MediaId", text_of!(media_id));
             out.extend_from_slice(b"</Image>");
         }
         Reply::Voice { media_id } => {
             msg_type(out, "voice");
             out.extend_from_slice(b"<Voice>");
-            cdata_field(out, "MediaId", media_id);
+            cdata_field(out, "MediaId", text_of!(media_id));
             out.extend_from_slice(b"</Voice>");
         }
         Reply::Video {
@@ -118,9 +151,9 @@ pub fn render(reply: &Reply<'_>, envelope: &Envelope<'_>, limits: &Limits, out: 
         } => {
             msg_type(out, "video");
             out.extend_from_slice(b"<Video>");
-            cdata_field(out, "MediaId", media_id);
-            cdata_field(out, "Title", title);
-            cdata_field(out, "Description", description);
+            cdata_field(out, "MediaId", text_of!(media_id));
+            cdata_field(out, "Title", text_of!(title));
+            cdata_field(out, "Description", text_of!(description));
             out.extend_from_slice(b"</Video>");
         }
         Reply::Music {
@@ -132,25 +165,28 @@ pub fn render(reply: &Reply<'_>, envelope: &Envelope<'_>, limits: &Limits, out: 
         } => {
             msg_type(out, "music");
             out.extend_from_slice(b"<Music>");
-            cdata_field(out, "Title", title);
-            cdata_field(out, "Description", description);
-            cdata_field(out, "MusicUrl", music_url);
-            cdata_field(out, "HQMusicUrl", hq_music_url);
-            cdata_field(out, "ThumbMediaId", thumb_media_id);
+            cdata_field(out, "Title", text_of!(title));
+            cdata_field(out, "Description", text_of!(description));
+            cdata_field(out, "MusicUrl", text_of!(music_url));
+            cdata_field(out, "HQMusicUrl", text_of!(hq_music_url));
+            cdata_field(out, "ThumbMediaId", text_of!(thumb_media_id));
             out.extend_from_slice(b"</Music>");
         }
         Reply::News { articles } => {
             msg_type(out, "news");
-            let articles = articles.get(..limits.max_articles).unwrap_or(articles);
+            let n = articles
+                .len()
+                .min(limits.max_articles)
+                .min(MAX_ARTICLES_FOR_EVENT);
             out.extend_from_slice(b"<ArticleCount>");
-            write_u64(out, articles.len() as u64);
+            write_u64(out, n as u64);
             out.extend_from_slice(b"</ArticleCount><Articles>");
-            for a in articles {
+            for a in articles.iter().take(n) {
                 out.extend_from_slice(b"<item>");
-                cdata_field(out, "Title", a.title);
-                cdata_field(out, "Description", a.description);
-                cdata_field(out, "PicUrl", a.pic_url);
-                cdata_field(out, "Url", a.url);
+                cdata_field(out, "Title", text_of!(&a.title));
+                cdata_field(out, "Description", text_of!(&a.description));
+                cdata_field(out, "PicUrl", text_of!(&a.pic_url));
+                cdata_field(out, "Url", text_of!(&a.url));
                 out.extend_from_slice(b"</item>");
             }
             out.extend_from_slice(b"</Articles>");
@@ -159,7 +195,7 @@ pub fn render(reply: &Reply<'_>, envelope: &Envelope<'_>, limits: &Limits, out: 
             msg_type(out, "transfer_customer_service");
             if let Some(kf) = kf_account {
                 out.extend_from_slice(b"<TransInfo>");
-                cdata_field(out, "KfAccount", kf);
+                cdata_field(out, "KfAccount", text_of!(kf));
                 out.extend_from_slice(b"</TransInfo>");
             }
         }
@@ -264,24 +300,9 @@ fn msg_type(out: &mut Vec<u8>, t: &str) {
     cdata_field(out, "MsgType", t);
 }
 
-/// Appends the decimal digits of `n`, without going through `fmt`.
-pub(crate) fn write_u64(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(u64_digits(n, &mut [0; 20]));
-}
-
-/// The decimal digits of `n`, written at the end of `buf` (20 bytes hold `u64::MAX`).
-pub(crate) fn u64_digits(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut start = buf.len();
-    for slot in buf.iter_mut().rev() {
-        // `n % 10` is a single digit, so the cast is exact.
-        *slot = b'0' + (n % 10) as u8;
-        start -= 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.get(start..).unwrap_or_default()
+/// Appends the decimal digits of `n`.
+fn write_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 #[cfg(test)]
@@ -298,7 +319,7 @@ mod tests {
     /// A parsed node as (name, value, depth), owned.
     type Flat = (String, Option<String>, u8);
 
-    fn render_str(reply: &Reply<'_>, limits: &Limits) -> String {
+    fn render_str(reply: &Reply<&str>, limits: &Limits) -> String {
         let mut out = b"left alone".to_vec();
         render(reply, &ENV, limits, &mut out);
         assert!(out.starts_with(b"left alone<xml><ToUserName>"));
@@ -372,7 +393,7 @@ mod tests {
             max_articles: MAX_ARTICLES_FOR_EVENT,
             ..Limits::default()
         };
-        let cases: Vec<(Reply<'_>, &str, Vec<Flat>)> = vec![
+        let cases: Vec<(Reply<&str>, &str, Vec<Flat>)> = vec![
             (
                 Reply::Text { content: "hello" },
                 "text",
@@ -422,7 +443,7 @@ mod tests {
             ),
             (
                 Reply::News {
-                    articles: &articles,
+                    articles: articles.to_vec(),
                 },
                 "news",
                 vec![
@@ -499,7 +520,7 @@ mod tests {
         );
         let xml = render_str(
             &Reply::News {
-                articles: &[Article {
+                articles: vec![Article {
                     title: "a\u{0}b",
                     description: "\u{1d}",
                     pic_url: "",
@@ -602,7 +623,7 @@ mod tests {
             };
             let xml = render_str(
                 &Reply::News {
-                    articles: &ten[..n],
+                    articles: ten[..n].to_vec(),
                 },
                 &limits,
             );

@@ -14,13 +14,9 @@ pub fn sign(parts: &mut [&[u8]]) -> [u8; 40] {
     for part in parts.iter() {
         hasher.update(part);
     }
-    let digest = hasher.finalize();
     let mut out = [0u8; 40];
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (pair, byte) in out.chunks_exact_mut(2).zip(digest.iter()) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0x0f)];
-    }
+    // 20 digest bytes always fill the 40 hex digits exactly, so this cannot fail.
+    let _ = hex::encode_to_slice(hasher.finalize(), &mut out);
     out
 }
 
@@ -65,11 +61,15 @@ mod tests {
     #[test]
     fn vectors_verify() {
         let v = testvec::load();
-        let token = v.str("token");
-        let sigs = v.array("signature");
+        let token = testvec::str(&v, "token");
+        let sigs = testvec::array(&v, "signature");
         assert_eq!(sigs.len(), 3);
         for s in sigs {
-            let (ts, nonce, sig) = (s.str("timestamp"), s.str("nonce"), s.str("signature"));
+            let (ts, nonce, sig) = (
+                testvec::str(s, "timestamp"),
+                testvec::str(s, "nonce"),
+                testvec::str(s, "signature"),
+            );
             assert!(verify(
                 token.as_bytes(),
                 ts.as_bytes(),

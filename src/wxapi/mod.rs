@@ -370,13 +370,14 @@ mod tests {
                     String::from_utf8_lossy(&req_body)
                 ));
                 let mut stream = reader.into_inner();
+                // Counted before the answer leaves: the caller may assert as soon as it has it.
+                served2.fetch_add(1, Ordering::SeqCst);
                 write!(
                     stream,
                     "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 )
                 .unwrap();
-                served2.fetch_add(1, Ordering::SeqCst);
             }
         });
         FakeApi { base, seen, served }

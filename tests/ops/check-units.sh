@@ -195,11 +195,12 @@ http {
     server {
         listen 127.0.0.1:$PORT;
         include $NGINX_DIR/weixin.conf;
+        include $NGINX_DIR/weixin-oauth.conf;
     }
 }
 EOF
         if out=$("$NGINX" -t -q -p "$NG" -c "$NG/nginx.conf" -e "$NG/logs/error.log" 2>&1); then
-            pass nginx "nginx -t: weixin-upstream.conf (scratch socket), weixin.conf verbatim, :$PORT"
+            pass nginx "nginx -t: weixin-upstream.conf (scratch socket), weixin.conf and weixin-oauth.conf verbatim, :$PORT"
             [ -z "$out" ] || printf '%s\n' "$out" | indent
         else
             fail nginx "nginx -t failed:"

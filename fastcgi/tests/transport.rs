@@ -2,14 +2,14 @@
 //! spec behaviour (keep-alive, GET_VALUES, unknown types and roles, multiplexing refused,
 //! abort) and hostile input (truncated, giant, wrong version) — the process keeps serving.
 
+use fastcgi_responder::client::{self, ClientResponse};
+use fastcgi_responder::record::{self, Parsed, kind, protocol_status};
+use fastcgi_responder::{Handler, Listener, Outcome, Request, Response, Server, ServerConfig};
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use weixin_fcgi::fastcgi::client::{self, ClientResponse};
-use weixin_fcgi::fastcgi::record::{self, Parsed, kind, protocol_status};
-use weixin_fcgi::fastcgi::{Handler, Listener, Outcome, Request, Response, Server, ServerConfig};
 
 /// Echoes method, a param and the body; `/panic` panics; `/later` answers from another thread.
 struct Echo {

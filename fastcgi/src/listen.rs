@@ -4,10 +4,11 @@
 //! 3. `--listen` / config `listen`: a Unix socket path (a stale socket file is replaced) or
 //!    `host:port` on a loopback address.
 //!
-//! An inherited fd is checked to really be a listening stream socket before use, and the
-//! activation variables are removed from the environment so no child inherits them.
+//! An inherited fd is checked to really be a listening stream socket before use. The
+//! activation variables are taken out of the environment ([`take_activation`]) so no child
+//! inherits them, and every passed fd is close-on-exec so no child inherits those either.
 
-use crate::fastcgi::Listener;
+use crate::socket::Listener;
 use rustix::net::{AddressFamily, SocketType, sockopt};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -34,9 +35,47 @@ pub struct Acquired {
     pub created_path: Option<String>,
 }
 
-/// Takes the inherited socket if there is one, else binds `listen`.
-pub fn acquire(listen: Option<&str>, socket_mode: u32) -> io::Result<Acquired> {
-    if let Some(a) = from_systemd()? {
+/// What systemd's socket activation variables said (`LISTEN_PID`, `LISTEN_FDS`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Activation {
+    /// `LISTEN_PID`, when set.
+    pid: Option<Result<u32, ()>>,
+    /// `LISTEN_FDS`, when set.
+    fds: Option<Result<i32, ()>>,
+}
+
+/// Reads systemd's socket activation variables and removes them (and `LISTEN_FDNAMES`) from
+/// the environment, so no child process believes the sockets are meant for it.
+///
+/// # Safety
+/// Changes the process environment: call it before any other thread starts (first thing in
+/// `main`), while nothing else can read or write the environment at the same time.
+pub unsafe fn take_activation() -> Activation {
+    fn number<T: std::str::FromStr>(name: &str) -> Option<Result<T, ()>> {
+        let value = std::env::var(name).ok()?;
+        Some(value.trim().parse().map_err(|_| ()))
+    }
+    let activation = Activation {
+        pid: number(ENV_LISTEN_PID),
+        fds: number(ENV_LISTEN_FDS),
+    };
+    // SAFETY: the caller guarantees no other thread runs yet (this function's contract).
+    unsafe {
+        std::env::remove_var(ENV_LISTEN_PID);
+        std::env::remove_var(ENV_LISTEN_FDS);
+        std::env::remove_var(ENV_LISTEN_FDNAMES);
+    }
+    activation
+}
+
+/// Takes the socket passed by systemd (`activation`) or on fd 0 if there is one, else binds
+/// `listen`.
+pub fn acquire(
+    activation: Activation,
+    listen: Option<&str>,
+    socket_mode: u32,
+) -> io::Result<Acquired> {
+    if let Some(a) = from_systemd(activation)? {
         return Ok(a);
     }
     if let Some(a) = from_stdin() {
@@ -52,33 +91,28 @@ pub fn acquire(listen: Option<&str>, socket_mode: u32) -> io::Result<Acquired> {
     }
 }
 
-fn from_systemd() -> io::Result<Option<Acquired>> {
-    let (Ok(pid), Ok(fds)) = (std::env::var(ENV_LISTEN_PID), std::env::var(ENV_LISTEN_FDS)) else {
+fn from_systemd(activation: Activation) -> io::Result<Option<Acquired>> {
+    let (Some(pid), Some(fds)) = (activation.pid, activation.fds) else {
         return Ok(None);
     };
-    // SAFETY (of the environment): called from main before any thread is started.
-    unsafe {
-        std::env::remove_var(ENV_LISTEN_PID);
-        std::env::remove_var(ENV_LISTEN_FDS);
-        std::env::remove_var(ENV_LISTEN_FDNAMES);
-    }
-    let pid: u32 = pid
-        .trim()
-        .parse()
-        .map_err(|_| invalid("LISTEN_PID is not a number"))?;
+    let pid = pid.map_err(|_| invalid("LISTEN_PID is not a number"))?;
     if pid != std::process::id() {
         // Meant for another process (e.g. our parent): not activated.
         return Ok(None);
     }
-    let fds: i32 = fds
-        .trim()
-        .parse()
-        .map_err(|_| invalid("LISTEN_FDS is not a number"))?;
+    let fds = fds.map_err(|_| invalid("LISTEN_FDS is not a number"))?;
     if fds < 1 {
         return Ok(None);
     }
     if fds > 1 {
-        crate::log_warn!("listener: systemd passed {fds} sockets; serving the first (fd 3) only");
+        log::warn!("listener: systemd passed {fds} sockets; serving the first (fd 3) only");
+        // The others stay open (systemd holds them too) but no `exec` child may inherit them.
+        for fd in SD_LISTEN_FDS_START + 1..SD_LISTEN_FDS_START + fds.min(1024) {
+            // SAFETY: systemd passed fds 3..3+LISTEN_FDS to this process (LISTEN_PID matched);
+            // the borrow lasts for this one fcntl call.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+            let _ = rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC);
+        }
     }
     // SAFETY: systemd guarantees fds 3..3+LISTEN_FDS are open and ours; fd 3 is checked below
     // before it is owned, and nothing else in this process refers to it.

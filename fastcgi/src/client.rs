@@ -1,7 +1,7 @@
 //! A small blocking FastCGI client: one request at a time over any stream. Used by
 //! `weixin-fcgi send`, the tests and the benchmarks to talk to a responder directly.
 
-use super::record::{self, Parsed, kind};
+use crate::record::{self, Parsed, kind};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;

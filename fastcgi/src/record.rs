@@ -77,6 +77,8 @@ pub enum Error {
     ParamsTooLarge,
     /// More name-value pairs than the configured cap.
     TooManyParams,
+    /// STDIN far over the body cap (more than is read just to answer 413).
+    BodyFarTooLarge,
 }
 
 impl Error {
@@ -89,6 +91,7 @@ impl Error {
             Error::UnexpectedRecord => "record out of order for the request's state",
             Error::ParamsTooLarge => "PARAMS stream larger than the cap",
             Error::TooManyParams => "more params than the cap",
+            Error::BodyFarTooLarge => "body far over max_body",
         }
     }
 }
