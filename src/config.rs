@@ -95,6 +95,9 @@ pub struct Config {
     pub timestamp_window: u64,
     /// `io_timeout_ms`: read/write timeout on a FastCGI connection (default 5000).
     pub io_timeout: Duration,
+    /// `conn_idle_timeout_ms`: a kept-alive FastCGI connection with no request for this long is
+    /// closed (default 10000: above the shipped nginx snippet's `keepalive_timeout 4s`).
+    pub conn_idle_timeout: Duration,
     /// `text_max_bytes`: text reply Content cap (default 2048).
     pub text_max_bytes: usize,
     /// `log_level`: "error" | "warn" | "info" (default) | "debug".
@@ -130,6 +133,7 @@ pub struct RestartSettings {
     max_conns: usize,
     max_body: usize,
     io_timeout: Duration,
+    conn_idle_timeout: Duration,
     forward: ForwardSettings,
     state_memory_bytes: usize,
     replay_cache_bytes: usize,
@@ -145,6 +149,10 @@ impl RestartSettings {
             ("max_conns", self.max_conns != new.max_conns),
             ("max_body", self.max_body != new.max_body),
             ("io_timeout_ms", self.io_timeout != new.io_timeout),
+            (
+                "conn_idle_timeout_ms",
+                self.conn_idle_timeout != new.conn_idle_timeout,
+            ),
             ("forward_slots", self.forward.slots != new.forward.slots),
             (
                 "dedup_seconds",
@@ -188,6 +196,7 @@ impl Config {
             max_conns: self.max_conns,
             max_body: self.max_body,
             io_timeout: self.io_timeout,
+            conn_idle_timeout: self.conn_idle_timeout,
             forward: self.forward,
             state_memory_bytes: self.state_memory_bytes,
             replay_cache_bytes: self.replay_cache_bytes,
@@ -270,6 +279,7 @@ const MAX_MAX_BODY: u64 = 16 * 1024 * 1024;
 const DEFAULT_TIMESTAMP_WINDOW: u64 = 300;
 const DEFAULT_IO_TIMEOUT_MS: u64 = 5000;
 const MIN_IO_TIMEOUT_MS: u64 = 100;
+const DEFAULT_CONN_IDLE_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_TEXT_MAX_BYTES: u64 = crate::wechat::reply::DEFAULT_TEXT_MAX_BYTES as u64;
 const MAX_TEXT_MAX_BYTES: u64 = 65536;
 /// Byte budgets of the in-memory tables: together far below the unit's MemoryMax=32M.
@@ -340,6 +350,7 @@ impl Config {
             max_body: DEFAULT_MAX_BODY as usize,
             timestamp_window: DEFAULT_TIMESTAMP_WINDOW,
             io_timeout: Duration::from_millis(DEFAULT_IO_TIMEOUT_MS),
+            conn_idle_timeout: Duration::from_millis(DEFAULT_CONN_IDLE_TIMEOUT_MS),
             text_max_bytes: DEFAULT_TEXT_MAX_BYTES as usize,
             log_level: LogLevel::default(),
             idle_exit: 0,
@@ -667,6 +678,7 @@ const TOP_KEYS: &[&str] = &[
     "max_body",
     "timestamp_window",
     "io_timeout_ms",
+    "conn_idle_timeout_ms",
     "text_max_bytes",
     "log_level",
     "idle_exit",
@@ -698,6 +710,12 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
     let io_timeout_ms = top.uint(
         "io_timeout_ms",
         DEFAULT_IO_TIMEOUT_MS,
+        MIN_IO_TIMEOUT_MS,
+        u64::MAX,
+    )?;
+    let conn_idle_timeout_ms = top.uint(
+        "conn_idle_timeout_ms",
+        DEFAULT_CONN_IDLE_TIMEOUT_MS,
         MIN_IO_TIMEOUT_MS,
         u64::MAX,
     )?;
@@ -808,6 +826,7 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         max_body,
         timestamp_window,
         io_timeout: Duration::from_millis(io_timeout_ms),
+        conn_idle_timeout: Duration::from_millis(conn_idle_timeout_ms),
         text_max_bytes,
         log_level,
         idle_exit,

@@ -174,6 +174,7 @@ fn run(args: Args, activation: listen::Activation) -> Result<(), String> {
         max_body: config.max_body,
         max_params: 64 * 1024,
         io_timeout: config.io_timeout,
+        idle_timeout: config.conn_idle_timeout,
     };
     // Compared at each SIGHUP: these take effect only after a restart.
     let restart_settings = config.restart_settings();

@@ -249,7 +249,7 @@ fn a_signature_is_good_for_one_body_only() {
         Some("You said: hello")
     );
     let forged = genuine
-        .replace("oUser", "oVictim")
+        .replace("[oUser]", "[oVictim]")
         .replace("hello", "transfer all my points");
     let refused = nginx.request("POST", &query, forged.as_bytes());
     assert_eq!(refused.status, 403, "{}", refused.text());
