@@ -6,20 +6,21 @@
 //! The transport answers 413 for bodies over `max_body` before this runs.
 
 use crate::config::{Account, Config};
-use crate::fastcgi::{Handler, Outcome, Pending, Request, Response};
+use crate::fastcgi::{Handler, Outcome, Pending, Request, Response, ServerHandle};
 use crate::forward::{self, Forwarder};
 use crate::logger::LogValue;
 use crate::query;
 use crate::replay::{ReplayCache, SignedPost};
 use crate::rules::{self, Action};
 use crate::state::{MemoryStore, Store};
+use crate::status::{self, AccountCounters, Format, Metrics, Snapshot};
 use crate::wechat::crypto::{self, AesKey};
 use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Envelope, Limits};
 use crate::wechat::{Sealer, TEXT, XML, signature, unix_time};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// The WeChat callback application. The config can be swapped atomically (SIGHUP): each
@@ -28,6 +29,12 @@ pub struct App {
     config: RwLock<Arc<Config>>,
     /// The forward pool and retry table (`forward`/`exec` rules), sized by the first config.
     forwarder: Arc<Forwarder>,
+    /// Counters for the status page (`status_path`).
+    metrics: Arc<Metrics>,
+    /// Unix time of the start, for the status page.
+    start_time: u64,
+    /// The transport's counters (connections), once the server runs.
+    server: OnceLock<ServerHandle>,
     /// The in-process state store (`state_memory_bytes`): kept answers for retries, ….
     state: Arc<MemoryStore>,
     /// The replay cache and its own store (`replay_cache_bytes`), so a burst of answers
@@ -58,6 +65,10 @@ thread_local! {
 #[derive(Default)]
 struct Outcomes<'a> {
     account: &'a str,
+    /// The account's request counters; `None` for a request no account answers.
+    counters: Option<&'a AccountCounters>,
+    /// Refused as a possible replay (timestamp outside the window, signature reused).
+    replay: bool,
     kind: Short,
     event: Short,
     rule: &'a str,
@@ -72,14 +83,19 @@ struct Outcomes<'a> {
 
 impl App {
     pub fn new(config: Config) -> App {
+        let metrics = Arc::new(Metrics::default());
         let state = Arc::new(MemoryStore::new(config.state_memory_bytes));
         let replay_store = Arc::new(MemoryStore::new(config.replay_cache_bytes));
         App {
             forwarder: Arc::new(Forwarder::new(
                 config.forward,
                 Arc::clone(&state) as Arc<dyn Store>,
+                Arc::clone(&metrics),
             )),
             config: RwLock::new(Arc::new(config)),
+            metrics,
+            start_time: unix_time(),
+            server: OnceLock::new(),
             replay: ReplayCache::new(Arc::clone(&replay_store) as Arc<dyn Store>),
             replay_store,
             state,
@@ -104,14 +120,56 @@ impl App {
         last.1 = bytes;
     }
 
+    /// Gives the status page the running server's connection counters.
+    pub fn attach_server(&self, server: ServerHandle) {
+        let _ = self.server.set(server);
+    }
+
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Replaces the config; requests already running keep the one they started with.
-    pub fn replace(&self, config: Config) {
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    /// Replaces the config; requests already running keep the one they started with. The
+    /// request counters of accounts that keep their name carry over.
+    pub fn replace(&self, mut config: Config) {
+        let mut current = self.config.write().unwrap_or_else(|p| p.into_inner());
+        config.keep_counters(&current);
+        *current = Arc::new(config);
+    }
+
+    /// The status page: plain text, `?json` or `?openmetrics`. GET (and HEAD) only; no
+    /// signature (nginx's location lets only 127.0.0.1 in); not counted as a request.
+    fn status_page(&self, config: &Config, request: &Request<'_>, response: &mut Response) {
+        if !matches!(
+            request.param("REQUEST_METHOD").unwrap_or(b""),
+            b"GET" | b"HEAD"
+        ) {
+            response.plain(405, "method not allowed (GET only)\n");
+            return;
+        }
+        let format = Format::from_query(request.param("QUERY_STRING").unwrap_or(b""));
+        let accounts = (config.accounts.iter()).map(|a| (a.name.as_str(), &*a.counters));
+        let mut snapshot = Snapshot::read(&self.metrics, accounts);
+        snapshot.version = env!("CARGO_PKG_VERSION");
+        snapshot.start_time = self.start_time;
+        snapshot.now = unix_time();
+        snapshot.resident_bytes = status::resident_bytes();
+        if let Some(server) = self.server.get() {
+            let stats = server.stats();
+            snapshot.open_conns = stats.open_conns as u64;
+            snapshot.max_conns = stats.max_conns as u64;
+            snapshot.max_conns_reached = stats.max_conns_reached;
+            snapshot.in_flight = stats.in_flight as u64;
+        }
+        // The retry table: attempts in flight, and the answers kept in the state store.
+        let entries = self.forwarder.retry_in_flight() + self.state.len();
+        (snapshot.retry_entries, snapshot.retry_bytes) =
+            (entries as u64, self.state.bytes() as u64);
+        let mut text = String::new();
+        status::render(&snapshot, format, &mut text);
+        response.set_content_type(format.content_type());
+        response.body.extend_from_slice(text.as_bytes());
     }
 }
 
@@ -120,11 +178,17 @@ impl Handler for App {
         let started = Instant::now();
         self.handled.fetch_add(1, Ordering::Relaxed);
         let config = self.config();
+        // Looked up once: the param search is a good part of a request's cost.
+        let path = path(request);
+        if config.status_path.as_deref() == Some(path) {
+            self.status_page(&config, request, response);
+            return Outcome::Done;
+        }
         let mut log = Outcomes {
             mode: "plain",
             ..Outcomes::default()
         };
-        let result = serve(&config, &self.replay, request, response, &mut log);
+        let result = serve(&config, &self.replay, path, request, response, &mut log);
         // Menu OAuth is admitted (rate limit, own pool) before anything is logged: a refused
         // GET costs no outbound call and no line of its own (the pool logs a throttled summary).
         let mut admitted = None;
@@ -133,11 +197,31 @@ impl Handler for App {
                 Ok(a) => admitted = Some(a),
                 Err(refusal) => {
                     fill(response, refusal.answer());
+                    if let Some(counters) = log.counters {
+                        counters.count(response.status());
+                    }
+                    self.metrics.request(status::Reply::Refused, 0);
                     return Outcome::Done;
                 }
             }
         }
         let micros = started.elapsed().as_micros();
+        match log.counters {
+            Some(counters) => counters.count(response.status()),
+            None => self.metrics.unrouted.count(response.status()),
+        }
+        let reply = match (&result, log.outcome) {
+            (Err(_), _) => status::Reply::Refused,
+            (Ok(()), "reply") => status::Reply::Reply,
+            (Ok(()), "echo") => status::Reply::Verify,
+            (Ok(()), "forward") => status::Reply::Forward,
+            (Ok(()), "oauth") => status::Reply::OAuth,
+            (Ok(()), _) => status::Reply::Success,
+        };
+        self.metrics.request(reply, micros as u64);
+        if log.replay {
+            self.metrics.replay_reject();
+        }
         match result {
             Ok(()) => crate::log_info!(
                 "request account={} mode={} type={} event={} rule={} outcome={} status={} user={:08x} us={}",
@@ -192,29 +276,36 @@ fn or_dash(s: &str) -> &str {
     if s.is_empty() { "-" } else { s }
 }
 
+/// The request path: `DOCUMENT_URI` (nginx), else `SCRIPT_NAME`.
+fn path<'r>(request: &'r Request<'_>) -> &'r str {
+    request
+        .param_str("DOCUMENT_URI")
+        .filter(|p| !p.is_empty())
+        .or_else(|| request.param_str("SCRIPT_NAME"))
+        .unwrap_or("")
+}
+
 /// Fills `response`; `Err` carries the reason of a refusal (already set as the response).
 fn serve<'c>(
     config: &'c Config,
     replay: &ReplayCache,
+    path: &str,
     request: &Request<'_>,
     response: &mut Response,
     log: &mut Outcomes<'c>,
 ) -> Result<(), &'static str> {
-    let path = request
-        .param_str("DOCUMENT_URI")
-        .filter(|p| !p.is_empty())
-        .or_else(|| request.param_str("SCRIPT_NAME"))
-        .unwrap_or("");
     let Some(account) = config.account_for_path(path) else {
         if let Some(account) =
             (config.accounts.iter()).find(|a| a.redirect_path.as_deref() == Some(path))
         {
             log.account = &account.name;
+            log.counters = Some(&account.counters);
             return oauth_redirect(config, account, request, response, log);
         }
         return refuse(response, 404, "no account at this path");
     };
     log.account = &account.name;
+    log.counters = Some(&account.counters);
     let query = request.param("QUERY_STRING").unwrap_or(b"");
     let timestamp = query::get(query, "timestamp").unwrap_or_default();
     let nonce = query::get(query, "nonce").unwrap_or_default();
@@ -228,6 +319,7 @@ fn serve<'c>(
                 return refuse(response, 403, "signature mismatch");
             }
             if !timestamp_fresh(&timestamp, config.timestamp_window) {
+                log.replay = true;
                 return refuse(response, 403, "timestamp outside timestamp_window");
             }
             let Some(echostr) = query::get(query, "echostr") else {
@@ -246,6 +338,7 @@ fn serve<'c>(
                 return refuse(response, 403, "signature mismatch");
             }
             if !timestamp_fresh(&timestamp, config.timestamp_window) {
+                log.replay = true;
                 return refuse(response, 403, "timestamp outside timestamp_window");
             }
             // The signature does not cover a plaintext body: it may be used once per body,
@@ -264,6 +357,7 @@ fn serve<'c>(
                 };
                 let verdict = replay.check(&post, config.timestamp_window, retry_period);
                 if let Some(reason) = verdict.reason() {
+                    log.replay = true;
                     return refuse(response, 403, reason);
                 }
             }

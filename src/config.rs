@@ -12,9 +12,11 @@ use crate::logger::LogLevel;
 use crate::rules::{
     Action, ArticleTemplate, Conditions, Forward, ReplyTemplate, Rule, Target, Template,
 };
+use crate::status::AccountCounters;
 use crate::wechat::crypto::AesKey;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -118,13 +120,15 @@ pub struct Config {
     /// `oauth_api_base`: the WeChat API for menu OAuth (default `https://api.weixin.qq.com`;
     /// https needs the `tls` cargo feature).
     pub oauth_api_base: String,
+    /// `status_path`: the request path of the status page (default none: no status page).
+    pub status_path: Option<String>,
     /// `[[account]]` tables, in file order.
     pub accounts: Vec<Account>,
 }
 
 /// The settings a reload cannot change: the socket, the FastCGI worker pool and its caps, and
 /// the forward pool. Everything else (accounts, rules, `timestamp_window`, `text_max_bytes`,
-/// `log_level`, `idle_exit`, `oauth_api_base`) takes effect at a SIGHUP.
+/// `log_level`, `idle_exit`, `oauth_api_base`, `status_path`) takes effect at a SIGHUP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartSettings {
     listen: Option<String>,
@@ -238,6 +242,9 @@ pub struct Account {
     pub user_info: bool,
     /// `[[account.rule]]` tables in match order.
     pub rules: Vec<Rule>,
+    /// Its requests by status, for the status page. Not a config key: a reload hands the
+    /// counters of an account to the new account of the same name ([`Config::keep_counters`]).
+    pub counters: Arc<AccountCounters>,
 }
 
 /// A configuration error with its location. `Display` is one line: `FILE:LINE: KEY: MESSAGE`
@@ -318,6 +325,16 @@ impl Config {
         read_config(&top)
     }
 
+    /// Takes over the request counters of `old`'s accounts for the accounts of the same name,
+    /// so that a reload does not reset the status page's figures.
+    pub fn keep_counters(&mut self, old: &Config) {
+        for account in &mut self.accounts {
+            if let Some(o) = old.accounts.iter().find(|o| o.name == account.name) {
+                account.counters = Arc::clone(&o.counters);
+            }
+        }
+    }
+
     /// The embedded demo config with `token` substituted.
     ///
     /// Never fails: a token the config would reject (empty, whitespace or control characters)
@@ -358,6 +375,7 @@ impl Config {
             state_memory_bytes: DEFAULT_STATE_MEMORY_BYTES as usize,
             replay_cache_bytes: DEFAULT_REPLAY_CACHE_BYTES as usize,
             oauth_api_base: DEFAULT_OAUTH_API_BASE.to_string(),
+            status_path: None,
             accounts: vec![Account {
                 name: "demo".to_string(),
                 path: "/weixin".to_string(),
@@ -372,6 +390,7 @@ impl Config {
                 redirect_url: None,
                 user_info: false,
                 rules: Vec::new(),
+                counters: Arc::default(),
             }],
         }
     }
@@ -690,6 +709,7 @@ const TOP_KEYS: &[&str] = &[
     "oauth_rate",
     "state_memory_bytes",
     "replay_cache_bytes",
+    "status_path",
     "account",
 ];
 
@@ -772,6 +792,16 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
             s.trim_end_matches('/').to_string()
         }
     };
+    let status_path = match top.non_empty_str("status_path")? {
+        None => None,
+        Some((s, span)) => {
+            if !s.starts_with('/') || s.contains(['?', '#']) {
+                let message = "must be a plain path starting with \"/\"";
+                return Err(top.err_at("status_path", &span, message));
+            }
+            Some((s.to_string(), span))
+        }
+    };
     let (tables, span) = top
         .tables("account")?
         .ok_or_else(|| top.err_here("account", "at least one [[account]] is required"))?;
@@ -816,6 +846,19 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         accounts.push(account);
         path_lines.push(path_line);
     }
+    let status_path = match status_path {
+        Some((s, span)) => {
+            if let Some(j) = accounts
+                .iter()
+                .position(|a| a.path == s || a.redirect_path.as_deref() == Some(s.as_str()))
+            {
+                let message = format!("collides with the path or redirect_path of account[{j}]");
+                return Err(top.err_at("status_path", &span, message));
+            }
+            Some(s)
+        }
+        None => None,
+    };
 
     Ok(Config {
         origin: top.doc.origin.to_string(),
@@ -834,6 +877,7 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         state_memory_bytes,
         replay_cache_bytes,
         oauth_api_base,
+        status_path,
         accounts,
     })
 }
@@ -1018,6 +1062,7 @@ fn read_account(t: &Table<'_>) -> Result<(Account, Range<usize>), ConfigError> {
         redirect_url,
         user_info,
         rules,
+        counters: Arc::default(),
     };
     Ok((account, path_span))
 }

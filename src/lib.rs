@@ -33,5 +33,6 @@ pub mod query;
 pub mod replay;
 pub mod rules;
 pub mod state;
+pub mod status;
 pub mod wechat;
 pub mod wxapi;

@@ -25,8 +25,11 @@ USAGE:
     weixin-fcgi [--config FILE] [--listen ADDR]   serve
     weixin-fcgi send [OPTIONS] KIND [ARGS…]       play WeChat: send a signed message to a
                                                   responder and show its reply (send --help)
-    weixin-fcgi check [--config FILE]             validate a config, summarize it, warn
+    weixin-fcgi check [--quiet] [--config FILE]   validate a config, summarize it, warn
                                                   (check --help)
+    weixin-fcgi status [--to ADDR] [--json|--openmetrics]
+                                                  print a running responder's status page
+                                                  (status --help)
     weixin-fcgi --help | --version
 
 OPTIONS:
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
     match argv.get(1).map(String::as_str) {
         Some("send") => return weixin_fcgi::cli::send::main(argv.get(2..).unwrap_or_default()),
         Some("check") => return weixin_fcgi::cli::check::main(argv.get(2..).unwrap_or_default()),
+        Some("status") => return weixin_fcgi::cli::status::main(argv.get(2..).unwrap_or_default()),
         _ => {}
     }
     let args = match parse_args() {
@@ -187,6 +191,7 @@ fn run(args: Args, activation: listen::Activation) -> Result<(), String> {
     let server = Server::start(acquired.listener, server_config, Arc::clone(&app))
         .map_err(|e| format!("cannot start workers: {e}"))?;
     let handle = server.handle();
+    app.attach_server(handle.clone());
     log_info!(
         "weixin-fcgi {VERSION} serving on {} with {} workers; accounts: {}",
         acquired.description,

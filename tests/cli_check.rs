@@ -169,12 +169,39 @@ fn errors_exit_1_with_file_line_and_key() {
 fn usage() {
     let o = check(&["--help"]);
     assert_eq!(o.status.code(), Some(0));
-    assert!(stdout(&o).contains("weixin-fcgi check [--config FILE]"));
+    assert!(stdout(&o).contains("weixin-fcgi check [--quiet] [--config FILE]"));
     for args in [&["--bogus"][..], &["extra"][..], &["--config"][..]] {
         let o = check(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         assert_eq!(stderr(&o).lines().count(), 1);
     }
+}
+
+/// `--quiet` (what the systemd unit runs before every start): nothing for a clean file, only the
+/// warnings for a file with warnings, the same exit 1 and error line for a broken one.
+#[test]
+fn quiet_prints_only_errors_and_warnings() {
+    let o = check(&["--quiet", "--config", "examples/full.toml"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty() && stderr(&o).is_empty(), "{o:?}");
+
+    let f = fixture("shadowed.toml");
+    let o = check(&["-q", "--config", &f]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).is_empty(), "no summary: {}", stdout(&o));
+    let warnings: Vec<String> = stderr(&o).lines().map(str::to_string).collect();
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .all(|w| w.starts_with(&format!("{f}:")) && w.contains(": warning: "))
+    );
+
+    let f = fixture("unknown-key.toml");
+    let o = check(&["--quiet", "--config", &f]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).is_empty());
+    assert!(stderr(&o).starts_with(&format!("{f}:10: account[0].rule[0].contians: unknown key")));
 }
 
 #[test]

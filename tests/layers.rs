@@ -11,22 +11,23 @@ use std::path::{Path, PathBuf};
 
 /// Which top-level modules each module may use. `fastcgi` is the transport crate re-exported
 /// by `lib.rs`; `state` (the key/value store) sits at the bottom with `wechat`, `logger` and
-/// `allocator` (malloc tuning), `wxapi` (the WeChat API client) and `replay` (the replay cache)
-/// on `state`; `main` and `cli` sit on top.
+/// `allocator` (malloc tuning), `status` (the status page's counters) and `wxapi` (the WeChat
+/// API client) and `replay` (the replay cache) on `state`; `main` and `cli` sit on top.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("logger", &[]),
     ("query", &[]),
     ("state", &[]),
     ("allocator", &[]),
     ("replay", &["state", "logger"]),
+    ("status", &[]),
     ("wechat", &[]),
     ("wxapi", &["state", "wechat", "logger"]),
     ("rules", &["wechat"]),
-    ("config", &["rules", "wechat", "logger"]),
+    ("config", &["rules", "wechat", "logger", "status"]),
     (
         "forward",
         &[
-            "config", "rules", "wechat", "logger", "query", "state", "wxapi",
+            "config", "rules", "wechat", "logger", "query", "state", "wxapi", "status",
         ],
     ),
     (
@@ -43,6 +44,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "fastcgi",
             "replay",
             "allocator",
+            "status",
         ],
     ),
     (

@@ -161,6 +161,10 @@ pub struct Stats {
     pub in_flight: usize,
     /// Open connections.
     pub open_conns: usize,
+    /// The `max_conns` setting.
+    pub max_conns: usize,
+    /// Connections closed at accept because `max_conns` were already open.
+    pub max_conns_reached: u64,
     /// Time since the last request started or finished.
     pub idle_for: Duration,
 }
@@ -210,6 +214,8 @@ struct Shared {
     exiting: AtomicBool,
     in_flight: AtomicUsize,
     served: AtomicU64,
+    /// Connections refused at accept for `max_conns`.
+    max_conns_reached: AtomicU64,
     started: Instant,
     /// Milliseconds since `started` of the last activity.
     last_activity: AtomicU64,
@@ -494,6 +500,8 @@ impl ServerHandle {
             served: s.served.load(Ordering::Relaxed),
             in_flight: s.in_flight.load(Ordering::Acquire),
             open_conns: s.open.load(Ordering::Acquire),
+            max_conns: s.config.max_conns,
+            max_conns_reached: s.max_conns_reached.load(Ordering::Relaxed),
             idle_for: Duration::from_millis(now.saturating_sub(last)),
         }
     }
@@ -536,6 +544,7 @@ impl Server {
             exiting: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
+            max_conns_reached: AtomicU64::new(0),
             started: Instant::now(),
             last_activity: AtomicU64::new(0),
             next_reap: AtomicU64::new(0),
@@ -703,6 +712,9 @@ impl<H: Handler> Worker<H> {
         };
         let open = self.shared.open.fetch_add(1, Ordering::AcqRel) + 1;
         if open > self.shared.config.max_conns {
+            self.shared
+                .max_conns_reached
+                .fetch_add(1, Ordering::Relaxed);
             // Admit it in place of the connection idle the longest, if there is one.
             let evicted = self.shared.evict_oldest_idle();
             self.shared.note_max_conns(evicted);

@@ -435,8 +435,13 @@ fn max_conns_refuses_extra_connections() {
     for s in &mut held {
         client::request(s, 1, &params("/x"), b"", true).unwrap();
     }
+    let stats = f.server.as_ref().unwrap().handle().stats();
+    assert_eq!((stats.max_conns, stats.max_conns_reached), (3, 0));
     let mut extra = f.connect();
     assert!(client::request(&mut extra, 1, &params("/x"), b"", false).is_err());
+    // Counted for the status page.
+    let stats = f.server.as_ref().unwrap().handle().stats();
+    assert_eq!((stats.open_conns, stats.max_conns_reached), (3, 1));
     drop(held);
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(f.get("/x", b"again").body, b"POST again");

@@ -1,11 +1,13 @@
 //! Subcommands that run instead of the server: `weixin-fcgi send` (play WeChat's server against
-//! a responder) and `weixin-fcgi check` (validate a config and print what it does).
+//! a responder), `weixin-fcgi check` (validate a config and print what it does) and
+//! `weixin-fcgi status` (print a running responder's status page).
 //!
-//! Both return an exit status: 0 success, 1 failure (refused request, bad reply, invalid
-//! config), 2 usage error.
+//! Each returns an exit status: 0 success, 1 failure (refused request, bad reply, invalid
+//! config, no answer), 2 usage error.
 
 pub mod check;
 pub mod send;
+pub mod status;
 
 use std::process::ExitCode;
 

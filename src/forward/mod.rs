@@ -31,6 +31,7 @@ pub mod userinfo;
 
 use crate::config::ForwardSettings;
 use crate::rules::{Forward, Target};
+use crate::status::{self, Metrics};
 use crate::wechat::crypto::AesKey;
 use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Envelope, Limits, Reply};
@@ -217,16 +218,23 @@ pub struct Forwarder {
     user_info: Arc<userinfo::UserInfo>,
     /// Separate from the forward slots: unsigned OAuth GETs never starve messages.
     pub oauth: oauth_pool::OAuthPool,
+    /// Forward results and retry-table hits, for the status page.
+    metrics: Arc<Metrics>,
 }
 
 impl Forwarder {
     /// Finished answers are kept in `store` (bounded in bytes).
-    pub fn new(settings: ForwardSettings, store: Arc<dyn crate::state::Store>) -> Forwarder {
+    pub fn new(
+        settings: ForwardSettings,
+        store: Arc<dyn crate::state::Store>,
+        metrics: Arc<Metrics>,
+    ) -> Forwarder {
         let user_info = Arc::new(userinfo::UserInfo::new(Arc::new(
             crate::state::MemoryStore::new(userinfo::STORE_BUDGET),
         )));
         Forwarder {
             settings,
+            metrics,
             busy: Arc::new(AtomicUsize::new(0)),
             dedup: Arc::new(Table::new(
                 store,
@@ -236,6 +244,12 @@ impl Forwarder {
             oauth: oauth_pool::OAuthPool::new(settings.oauth, Arc::clone(&user_info)),
             user_info,
         }
+    }
+
+    /// Attempts of the retry table in flight (their answers, once finished, are in the state
+    /// store: see `App`'s status page).
+    pub fn retry_in_flight(&self) -> usize {
+        self.dedup.in_flight()
     }
 
     /// Whether jobs should carry a de-duplication key.
@@ -262,6 +276,7 @@ impl Forwarder {
         let waiter = match &job.key {
             Some(key) => match self.dedup.begin(key, waiter, acquire) {
                 Begin::Done(answer, waiter) => {
+                    self.metrics.retry_hit();
                     crate::log_info!(
                         "forward account={} rule={} result=duplicate-answered",
                         job.account,
@@ -271,6 +286,7 @@ impl Forwarder {
                     return;
                 }
                 Begin::Parked => {
+                    self.metrics.retry_hit();
                     crate::log_info!(
                         "forward account={} rule={} result=duplicate-waiting",
                         job.account,
@@ -278,11 +294,11 @@ impl Forwarder {
                     );
                     return;
                 }
-                Begin::Refused(waiter) => return busy(job, waiter),
+                Begin::Refused(waiter) => return busy(job, waiter, &self.metrics),
                 Begin::New(waiter) => waiter,
             },
             None if acquire() => waiter,
-            None => return busy(job, waiter),
+            None => return busy(job, waiter, &self.metrics),
         };
         let sender = self.sender.get_or_init(|| self.spawn());
         if let Err(e) = sender.try_send(Task::Message {
@@ -295,6 +311,7 @@ impl Forwarder {
             let Task::Message { job, waiter } = task;
             let job = *job;
             self.busy.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.forward(status::Forward::Fallback);
             crate::log_warn!(
                 "forward account={} rule={} result=fallback reason=\"forward queue full\"",
                 job.account,
@@ -323,9 +340,10 @@ impl Forwarder {
             let busy = Arc::clone(&self.busy);
             let dedup = Arc::clone(&self.dedup);
             let user_info = Arc::clone(&self.user_info);
+            let metrics = Arc::clone(&self.metrics);
             let spawned = std::thread::Builder::new()
                 .name(format!("forward-{i}"))
-                .spawn(move || forward_thread(&rx, &busy, &dedup, &user_info));
+                .spawn(move || forward_thread(&rx, &busy, &dedup, &user_info, &metrics));
             if let Err(e) = spawned {
                 crate::log_error!("cannot start forward thread {i}: {e}");
             }
@@ -335,7 +353,8 @@ impl Forwarder {
 }
 
 /// No slot free (or too many retries parked): the fallback at once, not stored.
-fn busy(job: Job, waiter: Waiter) {
+fn busy(job: Job, waiter: Waiter, metrics: &Metrics) {
+    metrics.forward(status::Forward::Fallback);
     crate::log_warn!(
         "forward account={} rule={} result=fallback reason=\"all forward slots busy\"",
         job.account,
@@ -349,6 +368,7 @@ fn forward_thread(
     busy: &AtomicUsize,
     dedup: &Table<Waiter, Shared>,
     user_info: &userinfo::UserInfo,
+    metrics: &Metrics,
 ) {
     loop {
         let task = {
@@ -363,6 +383,10 @@ fn forward_thread(
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job, user_info)));
         let ms = started.elapsed().as_millis();
+        metrics.forward(match result {
+            Ok(Ok(_)) => status::Forward::Ok,
+            _ => status::Forward::Fallback,
+        });
         let answer: Shared = match result {
             Ok(Ok(reply)) => {
                 crate::log_info!(

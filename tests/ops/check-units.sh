@@ -4,9 +4,9 @@
 #   tests/ops/check-units.sh [PATH-TO-weixin-fcgi-BINARY]
 #
 # 1. security   systemd-analyze security --offline: overall exposure of weixin-fcgi.service must
-#               be <= 1.5, alone and with the forwarding.conf drop-in.
+#               be <= 1.0, alone and with the forwarding.conf drop-in.
 # 2. verify     systemd-analyze verify of both units (and the drop-in) in a scratch root. verify
-#               insists that /usr/local/bin/weixin-fcgi exists and is executable: the binary given
+#               insists that /usr/bin/weixin-fcgi exists and is executable: the binary given
 #               as $1 is copied there, otherwise a stub script stands in for it (the unit files are
 #               checked either way; only the binary's presence is then not).
 # 3. sysusers   weixin-fcgi.sysusers and weixin-fcgi.tmpfiles applied to the scratch root give
@@ -24,7 +24,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SYSTEMD_DIR=$REPO/systemd
 NGINX_DIR=$REPO/nginx
-MAX_EXPOSURE=1.5
+MAX_EXPOSURE=1.0
 BINARY=${1:-}
 
 PASS=0 FAIL=0 SKIP=0
@@ -62,19 +62,19 @@ fi
 # --- scratch root: units as installed, plus the host's unit directory for the targets ----------
 ROOT=$SCRATCH/root
 UNITDIR=$ROOT/etc/systemd/system
-mkdir -p "$UNITDIR/weixin-fcgi.service.d" "$ROOT/usr/local/bin" "$ROOT/usr/lib/systemd"
+mkdir -p "$UNITDIR/weixin-fcgi.service.d" "$ROOT/usr/bin" "$ROOT/usr/lib/systemd"
 cp "$SYSTEMD_DIR/weixin-fcgi.socket" "$SYSTEMD_DIR/weixin-fcgi.service" "$UNITDIR/"
 for d in /usr/lib/systemd/system /lib/systemd/system; do
     if [ -d "$d" ]; then cp -r "$d" "$ROOT/usr/lib/systemd/"; break; fi
 done
 if [ -n "$BINARY" ]; then
     [ -x "$BINARY" ] || { echo "check-units: $BINARY is not an executable file" >&2; exit 2; }
-    cp "$BINARY" "$ROOT/usr/local/bin/weixin-fcgi"
-    BINARY_NOTE="with $BINARY as /usr/local/bin/weixin-fcgi"
+    cp "$BINARY" "$ROOT/usr/bin/weixin-fcgi"
+    BINARY_NOTE="with $BINARY as /usr/bin/weixin-fcgi"
 else
-    printf '#!/bin/sh\nexit 0\n' > "$ROOT/usr/local/bin/weixin-fcgi"
-    chmod 0755 "$ROOT/usr/local/bin/weixin-fcgi"
-    BINARY_NOTE="with a stub /usr/local/bin/weixin-fcgi (pass the built binary as \$1 to use it)"
+    printf '#!/bin/sh\nexit 0\n' > "$ROOT/usr/bin/weixin-fcgi"
+    chmod 0755 "$ROOT/usr/bin/weixin-fcgi"
+    BINARY_NOTE="with a stub /usr/bin/weixin-fcgi (pass the built binary as \$1 to use it)"
 fi
 
 # --- 1. security ------------------------------------------------------------------------------
@@ -112,8 +112,11 @@ verify() { # verify LABEL: systemd-analyze verify both units in $ROOT; any outpu
     if ! command -v man >/dev/null || ! man -w 5 systemd.exec >/dev/null 2>&1; then
         man=(--man=no)
     fi
-    out=$(systemd-analyze verify "${man[@]}" --root="$ROOT" \
-        "$UNITDIR/weixin-fcgi.socket" "$UNITDIR/weixin-fcgi.service" 2>&1) || rc=$?
+    # Documentation=man:weixin-fcgi(8) is the repository's man page, as the package installs it.
+    mkdir -p "$SCRATCH/man/man8"
+    cp "$REPO/man/weixin-fcgi.8" "$SCRATCH/man/man8/"
+    out=$(MANPATH="$SCRATCH/man:$(manpath 2>/dev/null || true)" systemd-analyze verify "${man[@]}" \
+        --root="$ROOT" "$UNITDIR/weixin-fcgi.socket" "$UNITDIR/weixin-fcgi.service" 2>&1) || rc=$?
     if [ "$rc" -eq 0 ] && [ -z "$out" ]; then
         pass verify "$1: clean ${man[*]:+(man pages not checked: none installed) }$BINARY_NOTE"
     else
