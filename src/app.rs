@@ -89,6 +89,7 @@ impl App {
         App {
             forwarder: Arc::new(Forwarder::new(
                 config.forward,
+                config.late.clone(),
                 Arc::clone(&state) as Arc<dyn Store>,
                 Arc::clone(&metrics),
             )),
@@ -128,6 +129,16 @@ impl App {
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// True while backend work runs that no open request waits for (late answers).
+    pub fn working(&self) -> bool {
+        self.forwarder.working()
+    }
+
+    /// Saves state that must outlive the process (kept late answers).
+    pub fn flush(&self) {
+        self.forwarder.flush();
     }
 
     /// Replaces the config; requests already running keep the one they started with. The
@@ -417,7 +428,7 @@ fn oauth_redirect<'c>(
     };
     log.oauth = Some(Box::new(forward::oauth::OAuthJob {
         account: account.name.clone(),
-        api_base: config.oauth_api_base.clone(),
+        api_base: config.api_base.clone(),
         app_id: app_id.clone(),
         app_secret: secret.expose().to_string(),
         target,
@@ -441,7 +452,7 @@ fn user_info_credentials(
         return None;
     };
     Some(forward::userinfo::Credentials {
-        api_base: config.oauth_api_base.clone(),
+        api_base: config.api_base.clone(),
         account: account.name.clone(),
         app_id: app_id.clone(),
         app_secret: secret.expose().to_string(),
@@ -752,6 +763,7 @@ fn answer<'c>(
             let dedup = config.forward.dedup_seconds > 0;
             let mut job =
                 forward::Job::new(fw, &account.name, &rule.name, msg, limits, fallback, dedup);
+            job.with_late(msg, account, &config.api_base, config.text_max_bytes);
             if matches!(fw.target, rules::Target::Http { .. }) {
                 job.user_info = user_info_credentials(config, account);
             }

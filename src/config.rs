@@ -10,7 +10,7 @@
 
 use crate::logger::LogLevel;
 use crate::rules::{
-    Action, ArticleTemplate, Conditions, Forward, ReplyTemplate, Rule, Target, Template,
+    Action, ArticleTemplate, Conditions, Forward, Late, ReplyTemplate, Rule, Target, Template,
 };
 use crate::status::AccountCounters;
 use crate::wechat::crypto::AesKey;
@@ -78,6 +78,42 @@ impl Default for OAuthSettings {
     }
 }
 
+/// Global settings of late answers (`forward::late`). Fixed at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateSettings {
+    /// `late_keep_hours`: how long a kept answer waits for the user (default 48, WeChat's
+    /// customer-service window).
+    pub keep: Duration,
+    /// `late_max_answers`: kept parts per account, at most (default 1000).
+    pub max_parts: usize,
+    /// `late_max_bytes`: bytes of kept parts per account, at most (default 1 MiB).
+    pub max_bytes: usize,
+    /// `wechat_attempt_ms`: how long WeChat waits for one attempt (5000; tests shorten it).
+    pub attempt: Duration,
+    /// `state_file`: where kept answers survive a restart (default
+    /// `$STATE_DIRECTORY/late-answers` under systemd, set by `main`; none otherwise).
+    pub state_file: Option<std::path::PathBuf>,
+}
+
+impl Default for LateSettings {
+    fn default() -> Self {
+        LateSettings {
+            keep: Duration::from_secs(48 * 3600),
+            max_parts: 1000,
+            max_bytes: 1 << 20,
+            attempt: Duration::from_millis(5000),
+            state_file: None,
+        }
+    }
+}
+
+/// Bounds of `late_timeout_ms`, and its default.
+const DEFAULT_LATE_TIMEOUT_MS: u64 = 60_000;
+const MIN_LATE_TIMEOUT_MS: u64 = 1_000;
+const MAX_LATE_TIMEOUT_MS: u64 = 600_000;
+/// Longest `more_hint`, in bytes.
+const MAX_MORE_HINT: usize = 256;
+
 /// Everything the process needs to serve.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -117,18 +153,23 @@ pub struct Config {
     /// `replay_cache_bytes`: byte budget of the replay cache (signature + body digest of each
     /// accepted POST for the timestamp window); default 4 MiB.
     pub replay_cache_bytes: usize,
-    /// `oauth_api_base`: the WeChat API for menu OAuth (default `https://api.weixin.qq.com`;
-    /// https needs the `tls` cargo feature).
-    pub oauth_api_base: String,
+    /// `api_base` (old name `oauth_api_base`, still accepted): the WeChat API for menu OAuth,
+    /// `user_info` and customer-service messages (default `https://api.weixin.qq.com`; https
+    /// needs the `tls` cargo feature).
+    pub api_base: String,
     /// `status_path`: the request path of the status page (default none: no status page).
     pub status_path: Option<String>,
+    /// `late_keep_hours`, `late_max_answers`, `late_max_bytes`, `wechat_attempt_ms`,
+    /// `state_file`: late answers. Fixed at start.
+    pub late: LateSettings,
     /// `[[account]]` tables, in file order.
     pub accounts: Vec<Account>,
 }
 
-/// The settings a reload cannot change: the socket, the FastCGI worker pool and its caps, and
-/// the forward pool. Everything else (accounts, rules, `timestamp_window`, `text_max_bytes`,
-/// `log_level`, `idle_exit`, `oauth_api_base`, `status_path`) takes effect at a SIGHUP.
+/// The settings a reload cannot change: the socket, the FastCGI worker pool and its caps, the
+/// forward pool and the late-answer store. Everything else (accounts, rules,
+/// `timestamp_window`, `text_max_bytes`, `log_level`, `idle_exit`, `api_base`, `status_path`)
+/// takes effect at a SIGHUP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartSettings {
     listen: Option<String>,
@@ -141,6 +182,7 @@ pub struct RestartSettings {
     forward: ForwardSettings,
     state_memory_bytes: usize,
     replay_cache_bytes: usize,
+    late: LateSettings,
 }
 
 impl RestartSettings {
@@ -182,6 +224,14 @@ impl RestartSettings {
                 "replay_cache_bytes",
                 self.replay_cache_bytes != new.replay_cache_bytes,
             ),
+            ("late_keep_hours", self.late.keep != new.late.keep),
+            (
+                "late_max_answers",
+                self.late.max_parts != new.late.max_parts,
+            ),
+            ("late_max_bytes", self.late.max_bytes != new.late.max_bytes),
+            ("wechat_attempt_ms", self.late.attempt != new.late.attempt),
+            ("state_file", self.late.state_file != new.late.state_file),
         ];
         keys.iter()
             .filter(|(_, changed)| *changed)
@@ -204,6 +254,7 @@ impl Config {
             forward: self.forward,
             state_memory_bytes: self.state_memory_bytes,
             replay_cache_bytes: self.replay_cache_bytes,
+            late: self.late.clone(),
         }
     }
 }
@@ -374,8 +425,9 @@ impl Config {
             forward: ForwardSettings::default(),
             state_memory_bytes: DEFAULT_STATE_MEMORY_BYTES as usize,
             replay_cache_bytes: DEFAULT_REPLAY_CACHE_BYTES as usize,
-            oauth_api_base: DEFAULT_OAUTH_API_BASE.to_string(),
+            api_base: DEFAULT_API_BASE.to_string(),
             status_path: None,
+            late: LateSettings::default(),
             accounts: vec![Account {
                 name: "demo".to_string(),
                 path: "/weixin".to_string(),
@@ -704,17 +756,23 @@ const TOP_KEYS: &[&str] = &[
     "forward_slots",
     "dedup_seconds",
     "dedup_entries",
+    "api_base",
     "oauth_api_base",
     "oauth_slots",
     "oauth_rate",
     "state_memory_bytes",
     "replay_cache_bytes",
     "status_path",
+    "late_keep_hours",
+    "late_max_answers",
+    "late_max_bytes",
+    "wechat_attempt_ms",
+    "state_file",
     "account",
 ];
 
-/// Default `oauth_api_base`.
-pub const DEFAULT_OAUTH_API_BASE: &str = "https://api.weixin.qq.com";
+/// Default `api_base`.
+pub const DEFAULT_API_BASE: &str = "https://api.weixin.qq.com";
 
 fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
     top.check_keys(TOP_KEYS)?;
@@ -782,15 +840,44 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         MIN_TABLE_BYTES,
         MAX_TABLE_BYTES,
     )?;
-    let oauth_api_base = match top.non_empty_str("oauth_api_base")? {
-        None => DEFAULT_OAUTH_API_BASE.to_string(),
+    // `oauth_api_base` is the old name of `api_base`; one of them, not both.
+    let api_base_key = match (top.get("api_base"), top.get("oauth_api_base")) {
+        (Some(_), Some(v)) => {
+            let message = "oauth_api_base is the old name of api_base: keep only api_base";
+            return Err(top.err_at("oauth_api_base", &v.span(), message));
+        }
+        (None, Some(_)) => "oauth_api_base",
+        _ => "api_base",
+    };
+    let api_base = match top.non_empty_str(api_base_key)? {
+        None => DEFAULT_API_BASE.to_string(),
         Some((s, span)) => {
             if !(s.starts_with("http://") || s.starts_with("https://")) {
                 let message = "must start with https:// (or http:// for a local test API)";
-                return Err(top.err_at("oauth_api_base", &span, message));
+                return Err(top.err_at(api_base_key, &span, message));
             }
             s.trim_end_matches('/').to_string()
         }
+    };
+    let late_defaults = LateSettings::default();
+    let late = LateSettings {
+        keep: Duration::from_secs(3600 * top.uint("late_keep_hours", 48, 1, 24 * 30)?),
+        max_parts: top.usize(
+            "late_max_answers",
+            late_defaults.max_parts as u64,
+            1,
+            1_000_000,
+        )?,
+        max_bytes: top.usize(
+            "late_max_bytes",
+            late_defaults.max_bytes as u64,
+            4096,
+            64 << 20,
+        )?,
+        attempt: Duration::from_millis(top.uint("wechat_attempt_ms", 5000, 300, 5000)?),
+        state_file: top
+            .non_empty_str("state_file")?
+            .map(|(s, _)| std::path::PathBuf::from(s)),
     };
     let status_path = match top.non_empty_str("status_path")? {
         None => None,
@@ -813,11 +900,11 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
     for t in &tables {
         let (account, path_span) = read_account(t)?;
         if (account.redirect_path.is_some() || account.user_info)
-            && oauth_api_base.starts_with("https://")
+            && api_base.starts_with("https://")
             && !cfg!(feature = "tls")
         {
             let message = format!(
-                "account {:?} uses menu OAuth or user_info but this build has no TLS for oauth_api_base {oauth_api_base:?} (build with --features tls)",
+                "account {:?} uses menu OAuth or user_info but this build has no TLS for api_base {api_base:?} (build with --features tls)",
                 account.name
             );
             let key = if account.redirect_path.is_some() {
@@ -827,6 +914,7 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
             };
             return Err(t.err_here(key, message));
         }
+        check_late_rules(t, &account, &api_base, text_max_bytes)?;
         if let Some(j) = accounts.iter().position(|a| {
             a.redirect_path.as_deref() == Some(account.path.as_str())
                 || account.redirect_path.as_deref() == Some(a.path.as_str())
@@ -876,10 +964,62 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         forward,
         state_memory_bytes,
         replay_cache_bytes,
-        oauth_api_base,
+        api_base,
         status_path,
+        late,
         accounts,
     })
+}
+
+/// A `late = "customer_service"` rule needs the account's `app_id` and `app_secret` (for the
+/// access token) and, for an https `api_base`, a build with TLS.
+fn check_late_rules(
+    t: &Table<'_>,
+    account: &Account,
+    api_base: &str,
+    text_max_bytes: usize,
+) -> Result<(), ConfigError> {
+    use crate::rules::LateMode as Mode;
+    for (i, rule) in account.rules.iter().enumerate() {
+        let Action::Forward(f) = &rule.action else {
+            continue;
+        };
+        let Some(late) = &f.late else { continue };
+        let error = |key: &str, message: String| ConfigError {
+            file: t.doc.origin.to_string(),
+            line: Some(rule.line),
+            key: Some(format!("{}.rule[{i}].reply.{key}", t.path)),
+            message,
+        };
+        let limit = late.text_max_bytes(text_max_bytes);
+        if late.more_hint.len() * 2 > limit {
+            return Err(error(
+                "more_hint",
+                format!("must be at most half of text_max_bytes ({limit})"),
+            ));
+        }
+        if late.mode != Mode::CustomerService {
+            continue;
+        }
+        if account.app_id.is_none() || account.app_secret.is_none() {
+            return Err(error(
+                "late",
+                format!(
+                    "late = \"customer_service\" needs the account's app_id and app_secret (account {:?})",
+                    account.name
+                ),
+            ));
+        }
+        if api_base.starts_with("https://") && !cfg!(feature = "tls") {
+            return Err(error(
+                "late",
+                format!(
+                    "late = \"customer_service\" calls api_base {api_base:?} but this build has no TLS (build with --features tls)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `socket_mode`: an octal string ("0660"), or a TOML octal integer (`0o660`). A decimal
@@ -1193,12 +1333,31 @@ const REPLY_KINDS: &[ReplyKind] = &[
     },
     ReplyKind {
         name: "forward",
-        keys: &["url", "timeout_ms", "fallback"],
+        keys: &[
+            "url",
+            "timeout_ms",
+            "fallback",
+            "late",
+            "late_timeout_ms",
+            "pending",
+            "text_max_bytes",
+            "more_hint",
+        ],
         build: build_forward,
     },
     ReplyKind {
         name: "exec",
-        keys: &["command", "timeout_ms", "max_output", "fallback"],
+        keys: &[
+            "command",
+            "timeout_ms",
+            "max_output",
+            "fallback",
+            "late",
+            "late_timeout_ms",
+            "pending",
+            "text_max_bytes",
+            "more_hint",
+        ],
         build: build_exec,
     },
 ];
@@ -1346,27 +1505,26 @@ fn build_exec(t: &Table<'_>) -> Result<Action, ConfigError> {
 }
 
 fn forward_action(t: &Table<'_>, target: Target) -> Result<Action, ConfigError> {
-    let timeout_ms = t.uint(
-        "timeout_ms",
-        DEFAULT_FORWARD_TIMEOUT_MS,
-        1,
-        MAX_FORWARD_TIMEOUT_MS,
-    )?;
+    let late = late_action(t)?;
+    let timeout_ms = match &late {
+        Some((_, ms)) => *ms,
+        None => t.uint(
+            "timeout_ms",
+            DEFAULT_FORWARD_TIMEOUT_MS,
+            1,
+            MAX_FORWARD_TIMEOUT_MS,
+        )?,
+    };
     let fallback = match t.sub_table("fallback")? {
         None => None,
-        Some(f) => match read_action(&f)? {
-            Action::Reply(template) => Some(template),
-            Action::NoReply => None,
-            Action::Forward(_) => {
-                let message = "the fallback must be a static reply (text, image, …, or none)";
-                return Err(t.err_here("fallback", message));
-            }
-        },
-    };
+        Some(f) => Some(static_reply(t, &f, "fallback")?),
+    }
+    .flatten();
     Ok(Action::Forward(std::sync::Arc::new(Forward {
         target,
         timeout: Duration::from_millis(timeout_ms),
         fallback,
+        late: late.map(|(l, _)| l),
     })))
 }
 
@@ -1400,6 +1558,103 @@ pub fn check_url(url: &str) -> Result<(), String> {
             "host {host:?} is not a loopback or private IP address (or localhost)"
         ))
     }
+}
+
+/// A `pending` given as a plain string: a text reply.
+fn text_template(text: &str) -> Result<ReplyTemplate, String> {
+    Template::parse(text)
+        .map(|content| ReplyTemplate::Text { content })
+        .map_err(|e| e.0)
+}
+
+/// A static reply table (`fallback`, `pending`); `None` for `type = "none"`.
+fn static_reply(
+    t: &Table<'_>,
+    reply: &Table<'_>,
+    key: &str,
+) -> Result<Option<ReplyTemplate>, ConfigError> {
+    match read_action(reply)? {
+        Action::Reply(template) => Ok(Some(template)),
+        Action::NoReply => Ok(None),
+        Action::Forward(_) => {
+            let message = format!("the {key} must be a static reply (text, image, …, or none)");
+            Err(t.err_here(key, message))
+        }
+    }
+}
+
+/// `late`, `late_timeout_ms`, `pending`, `text_max_bytes`, `more_hint` of a forward/exec rule,
+/// and the call's deadline in ms. `None` for `late = "off"` (the default).
+fn late_action(t: &Table<'_>) -> Result<Option<(Late, u64)>, ConfigError> {
+    use crate::rules::LateMode as Mode;
+    const LATE_KEYS: [&str; 4] = ["late_timeout_ms", "pending", "text_max_bytes", "more_hint"];
+    let mode = match t.str("late")? {
+        None | Some(("off", _)) => None,
+        Some(("next_message", _)) => Some(Mode::NextMessage),
+        Some(("customer_service", _)) => Some(Mode::CustomerService),
+        Some((_, span)) => {
+            let message = "must be one of: \"off\", \"next_message\", \"customer_service\"";
+            return Err(t.err_at("late", &span, message));
+        }
+    };
+    let Some(mode) = mode else {
+        if let Some(key) = LATE_KEYS.iter().find(|k| t.get(k).is_some()) {
+            let span = t.get(key).map(|v| v.span()).unwrap_or_default();
+            let message = "only applies with late = \"next_message\" or \"customer_service\"";
+            return Err(t.err_at(key, &span, message));
+        }
+        return Ok(None);
+    };
+    if let Some(v) = t.get("timeout_ms") {
+        let message = "with late, the call runs up to late_timeout_ms: use that instead";
+        return Err(t.err_at("timeout_ms", &v.span(), message));
+    }
+    let timeout_ms = t.uint(
+        "late_timeout_ms",
+        DEFAULT_LATE_TIMEOUT_MS,
+        MIN_LATE_TIMEOUT_MS,
+        MAX_LATE_TIMEOUT_MS,
+    )?;
+    let pending = match t.get("pending") {
+        None => text_template(mode.default_pending()).map_err(|e| t.err_here("pending", e))?,
+        Some(v) => match v.get_ref() {
+            DeValue::String(text) => {
+                if text.is_empty() {
+                    return Err(t.err_at("pending", &v.span(), "must not be empty"));
+                }
+                text_template(text)
+                    .map_err(|e| t.err_at("pending", &v.span(), format!("invalid template: {e}")))?
+            }
+            DeValue::Table(_) => {
+                let Some(table) = t.sub_table("pending")? else {
+                    return Err(t.missing("pending"));
+                };
+                static_reply(t, &table, "pending")?.ok_or_else(|| {
+                    let message =
+                        "must be a reply (a \"none\" pending would show WeChat's failure notice)";
+                    t.err_at("pending", &v.span(), message)
+                })?
+            }
+            _ => return Err(t.type_error("pending", v, "a string or a reply table")),
+        },
+    };
+    // 0 = the global text_max_bytes, filled in by the caller.
+    let text_max_bytes = t.usize("text_max_bytes", 0, 64, MAX_TEXT_MAX_BYTES)?;
+    let more_hint = match t.str("more_hint")? {
+        None => Late::DEFAULT_MORE_HINT.to_string(),
+        Some((s, span)) if s.len() > MAX_MORE_HINT => {
+            let message = format!("must be at most {MAX_MORE_HINT} bytes");
+            return Err(t.err_at("more_hint", &span, message));
+        }
+        Some((s, _)) => s.to_string(),
+    };
+    let late = Late {
+        mode,
+        pending,
+        text_max_bytes,
+        more_hint,
+    };
+    Ok(Some((late, timeout_ms)))
 }
 
 #[cfg(test)]
@@ -2238,6 +2493,198 @@ previous_aes_key = "S3cretKeyabcdefghijklmnopqrstuvwxyz01234567"
                 !format!("{e:?}").contains("S3cret"),
                 "case {i} leaks a secret: {e:?}"
             );
+        }
+    }
+
+    /// One account with one rule whose reply is `reply` (and `top`, `account_extra`).
+    fn late_config(top: &str, account_extra: &str, reply: &str) -> String {
+        format!(
+            "{top}\n[[account]]\npath = \"/w\"\ntoken = \"t\"\n{account_extra}\n\
+             [[account.rule]]\nname = \"bot\"\nreply = {reply}\n"
+        )
+    }
+
+    fn late_of(c: &Config) -> &crate::rules::Late {
+        match &c.accounts[0].rules[0].action {
+            Action::Forward(f) => f.late.as_ref().expect("late"),
+            _ => panic!("not a forward rule"),
+        }
+    }
+
+    #[test]
+    fn late_keys_and_their_defaults() {
+        use crate::rules::{Late, LateMode as Mode};
+        let c = Config::parse(
+            &late_config(
+                "",
+                "",
+                r#"{ type = "forward", url = "http://127.0.0.1:9/x", late = "next_message" }"#,
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let l = late_of(&c);
+        assert_eq!(l.mode, Mode::NextMessage);
+        assert_eq!(l.text_max_bytes(c.text_max_bytes), 2048);
+        assert_eq!(l.more_hint, Late::DEFAULT_MORE_HINT);
+        let ReplyTemplate::Text { content } = &l.pending else {
+            panic!("pending is text")
+        };
+        assert_eq!(content.to_string(), Mode::NextMessage.default_pending());
+        let Action::Forward(f) = &c.accounts[0].rules[0].action else {
+            unreachable!()
+        };
+        assert_eq!(
+            f.timeout,
+            Duration::from_millis(60_000),
+            "late_timeout_ms default"
+        );
+        assert_eq!(c.late, LateSettings::default());
+        assert_eq!(c.api_base, "https://api.weixin.qq.com");
+
+        let c = Config::parse(
+            &late_config(
+                "api_base = \"http://127.0.0.1:9/\"\nlate_keep_hours = 24\nlate_max_answers = 50\n\
+                 late_max_bytes = 65536\nwechat_attempt_ms = 1000\nstate_file = \"/var/lib/x/late\"",
+                "app_id = \"wx1\"\napp_secret = \"S3cret\"",
+                r#"{ type = "exec", command = ["/bin/true"], late = "customer_service", late_timeout_ms = 30000,
+                     pending = { type = "image", media_id = "M" }, text_max_bytes = 1000, more_hint = "…" }"#,
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let l = late_of(&c);
+        assert_eq!(l.mode, Mode::CustomerService);
+        assert_eq!(l.text_max_bytes(c.text_max_bytes), 1000);
+        assert_eq!(l.more_hint, "…");
+        assert!(matches!(l.pending, ReplyTemplate::Image { .. }));
+        assert_eq!(c.api_base, "http://127.0.0.1:9");
+        assert_eq!(c.late.keep, Duration::from_secs(24 * 3600));
+        assert_eq!((c.late.max_parts, c.late.max_bytes), (50, 65536));
+        assert_eq!(c.late.attempt, Duration::from_millis(1000));
+        assert_eq!(
+            c.late.state_file.as_deref(),
+            Some(Path::new("/var/lib/x/late"))
+        );
+        // The old name still works.
+        let c = Config::parse(
+            &late_config(
+                "oauth_api_base = \"http://10.0.0.1\"",
+                "",
+                r#"{ type = "none" }"#,
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.api_base, "http://10.0.0.1");
+        // `pending` as a plain string is a text template.
+        let c = Config::parse(
+            &late_config(
+                "",
+                "",
+                r#"{ type = "forward", url = "http://127.0.0.1:9", late = "next_message", pending = "wait, {Content}" }"#,
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        assert!(
+            matches!(&late_of(&c).pending, ReplyTemplate::Text { content } if content.to_string() == "wait, {Content}")
+        );
+    }
+
+    #[test]
+    fn late_errors_name_the_key() {
+        let fwd =
+            |extra: &str| format!(r#"{{ type = "forward", url = "http://127.0.0.1:9"{extra} }}"#);
+        let cases: &[(String, String, &str, &str)] = &[
+            (
+                String::new(),
+                fwd(r#", late = "later""#),
+                "account[0].rule[0].reply.late",
+                "must be one of",
+            ),
+            (
+                String::new(),
+                fwd(r#", pending = "x""#),
+                "account[0].rule[0].reply.pending",
+                "only applies with late",
+            ),
+            (
+                String::new(),
+                fwd(r#", late = "next_message", timeout_ms = 4500"#),
+                "account[0].rule[0].reply.timeout_ms",
+                "with late, the call runs up to late_timeout_ms",
+            ),
+            (
+                String::new(),
+                fwd(r#", late = "next_message", late_timeout_ms = 999"#),
+                "account[0].rule[0].reply.late_timeout_ms",
+                "must be between 1000 and 600000",
+            ),
+            (
+                String::new(),
+                fwd(r#", late = "next_message", pending = { type = "none" }"#),
+                "account[0].rule[0].reply.pending",
+                "must be a reply",
+            ),
+            (
+                String::new(),
+                fwd(r#", late = "next_message", more_hint = "x", text_max_bytes = 63"#),
+                "account[0].rule[0].reply.text_max_bytes",
+                "must be between 64",
+            ),
+            (
+                String::new(),
+                fwd(r#", late = "customer_service""#),
+                "account[0].rule[0].reply.late",
+                "late = \"customer_service\" needs the account's app_id and app_secret",
+            ),
+            (
+                "api_base = \"http://127.0.0.1\"\noauth_api_base = \"http://127.0.0.1\"".into(),
+                r#"{ type = "none" }"#.into(),
+                "oauth_api_base",
+                "oauth_api_base is the old name of api_base",
+            ),
+            (
+                "wechat_attempt_ms = 9000".into(),
+                r#"{ type = "none" }"#.into(),
+                "wechat_attempt_ms",
+                "must be between 300 and 5000",
+            ),
+        ];
+        for (top, reply, key, message) in cases {
+            let e = Config::parse(&late_config(top, "", reply), "t.toml").unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(*key), "{e}");
+            assert!(e.message.starts_with(message), "{e}");
+            assert!(e.line.is_some(), "{e}");
+        }
+        // A long hint: at most half of the split size.
+        let e = Config::parse(
+            &late_config(
+                "",
+                "",
+                &fwd(&format!(
+                    r#", late = "next_message", text_max_bytes = 100, more_hint = "{}""#,
+                    "x".repeat(60)
+                )),
+            ),
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("account[0].rule[0].reply.more_hint"));
+        // customer_service over https needs TLS (this test build has none, unless --features tls).
+        let r = Config::parse(
+            &late_config(
+                "",
+                "app_id = \"wx1\"\napp_secret = \"S3cret\"",
+                &fwd(r#", late = "customer_service""#),
+            ),
+            "t.toml",
+        );
+        assert_eq!(r.is_ok(), cfg!(feature = "tls"), "{r:?}");
+        if let Err(e) = r {
+            assert!(e.message.contains("no TLS"), "{e}");
+            assert!(!e.to_string().contains("S3cret"));
         }
     }
 

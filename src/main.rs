@@ -154,7 +154,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args, activation: listen::Activation) -> Result<(), String> {
-    let config = load_config(&args)?;
+    let mut config = load_config(&args)?;
+    default_state_file(&mut config);
     weixin_fcgi::logger::set_level(config.log_level);
     notify::init();
     let listen = args.listen.clone().or_else(|| config.listen.clone());
@@ -218,7 +219,12 @@ fn run(args: Args, activation: listen::Activation) -> Result<(), String> {
         let idle_exit = app.config().idle_exit;
         if acquired.socket_activated && idle_exit > 0 {
             let limit = Duration::from_secs(idle_exit);
-            if stats.in_flight == 0 && stats.open_conns == 0 && stats.idle_for >= limit {
+            // A late answer still being computed or pushed keeps the process up.
+            if stats.in_flight == 0
+                && stats.open_conns == 0
+                && stats.idle_for >= limit
+                && !app.working()
+            {
                 log_info!(
                     "idle for {}s: exiting (socket activation restarts on demand)",
                     limit.as_secs()
@@ -235,11 +241,28 @@ fn run(args: Args, activation: listen::Activation) -> Result<(), String> {
             STOP_DEADLINE.as_secs()
         );
     }
+    app.flush();
     if let Some(path) = acquired.created_path {
         let _ = std::fs::remove_file(path);
     }
     log_info!("stopped after {served} requests");
     Ok(())
+}
+
+/// Under systemd's `StateDirectory=` the kept late answers go there unless `state_file` says.
+fn default_state_file(config: &mut Config) {
+    if config.late.state_file.is_none() {
+        if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+            // Several directories are separated by ':'; ours is the first.
+            let first = dir
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            config.late.state_file = Some(PathBuf::from(first).join("late-answers"));
+        }
+    }
 }
 
 fn reload_config(app: &App, path: Option<&PathBuf>, running: &RestartSettings) {
@@ -248,7 +271,8 @@ fn reload_config(app: &App, path: Option<&PathBuf>, running: &RestartSettings) {
         return;
     };
     match Config::load(path) {
-        Ok(new) => {
+        Ok(mut new) => {
+            default_state_file(&mut new);
             let changed = running.changed_keys(&new.restart_settings());
             if !changed.is_empty() {
                 log_warn!(

@@ -59,6 +59,61 @@ pub struct Forward {
     pub timeout: Duration,
     /// `fallback`: the static reply when the backend fails; `None` answers `success`.
     pub fallback: Option<ReplyTemplate>,
+    /// `late = …`: the answer may come after WeChat's attempts (see `forward::late`).
+    pub late: Option<Late>,
+}
+
+/// How a late answer reaches the user (`late = "next_message" | "customer_service"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateMode {
+    /// Kept for the user; their next message is answered with it.
+    NextMessage,
+    /// Pushed with the customer-service message API; kept (as `NextMessage`) when that fails.
+    CustomerService,
+}
+
+impl LateMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            LateMode::NextMessage => "next_message",
+            LateMode::CustomerService => "customer_service",
+        }
+    }
+
+    /// The default `pending` text (the people who read it use WeChat in Chinese).
+    pub fn default_pending(self) -> &'static str {
+        match self {
+            LateMode::NextMessage => "正在思考，请稍候片刻后发送任意消息获取回答。",
+            LateMode::CustomerService => "正在思考，回答稍后会自动发送给您。",
+        }
+    }
+}
+
+/// A rule's `late` settings.
+#[derive(Debug, Clone)]
+pub struct Late {
+    /// `late`.
+    pub mode: LateMode,
+    /// `pending`: the reply to WeChat's last attempt while the answer is not ready.
+    pub pending: ReplyTemplate,
+    /// `text_max_bytes` of the rule; 0: the global one. Longer text answers are split.
+    pub text_max_bytes: usize,
+    /// `more_hint`: appended to a part delivered on a message when more parts follow.
+    pub more_hint: String,
+}
+
+impl Late {
+    /// Default `more_hint`.
+    pub const DEFAULT_MORE_HINT: &str = "\n（回复任意消息查看后续）";
+
+    /// The split size: the rule's `text_max_bytes`, else `global`.
+    pub fn text_max_bytes(&self, global: usize) -> usize {
+        if self.text_max_bytes == 0 {
+            global
+        } else {
+            self.text_max_bytes
+        }
+    }
 }
 
 /// Where the answer comes from.

@@ -284,6 +284,14 @@ fn describe_action(action: &Action) -> String {
                 Some(r) => describe_action(&Action::Reply(r.clone())),
                 None => "no reply (success)".to_string(),
             };
+            if let Some(late) = &f.late {
+                let pending = describe_action(&Action::Reply(late.pending.clone()));
+                return format!(
+                    "{target}, late {} (up to {} ms; WeChat's last attempt gets {pending}), on failure {fallback}",
+                    late.mode.name(),
+                    f.timeout.as_millis()
+                );
+            }
             return format!(
                 "{target} within {} ms, else {fallback}",
                 f.timeout.as_millis()

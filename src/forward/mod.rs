@@ -9,12 +9,15 @@
 //! away:
 //! 1. the de-duplication table is consulted ([`dedup`]): a finished attempt answers at once, an
 //!    attempt in flight gets the request parked on it;
-//! 2. otherwise a forward slot is taken (`forward_slots`, a counter) and the job goes down a
-//!    bounded channel to one of `forward_slots` forward threads (started on first use);
-//!    with every slot busy the rule's fallback is answered at once.
+//! 2. otherwise a forward slot is taken (`forward_slots`, a counter); with every slot busy the
+//!    rule's fallback is answered at once. A backend call goes to the one HTTP thread
+//!    ([`http_loop`]: epoll, no thread per call); a program (or a backend call that first
+//!    looks up `user_info`) goes down a bounded channel to a forward thread (started as
+//!    needed, up to `forward_slots`).
 //!
-//! The forward thread calls the backend under the rule's deadline, renders the reply (and
-//! encrypts it in safe mode) and finishes the request and every retry parked on it.
+//! When the call ends, its thread renders the reply (and encrypts it in safe mode) and
+//! finishes the request and every retry parked on it. A rule with `late` takes another path
+//! through [`late::hub`]: its answer may come after WeChat's attempts.
 //! Failures (no usable JSON answer, unknown type, timeout, refused, program failure — see
 //! [`backend::interpret`]) answer the fallback (or `success` without one) and log one line
 //! naming the account, rule and reason; an explicit "no reply" from the backend is never
@@ -25,11 +28,13 @@ pub mod backend;
 pub mod dedup;
 pub mod exec;
 pub mod headers;
+pub mod http_loop;
+pub mod late;
 pub mod oauth;
 pub mod oauth_pool;
 pub mod userinfo;
 
-use crate::config::ForwardSettings;
+use crate::config::{ForwardSettings, LateSettings};
 use crate::rules::{Forward, Target};
 use crate::status::{self, Metrics};
 use crate::wechat::crypto::AesKey;
@@ -38,10 +43,14 @@ use crate::wechat::reply::{self, Envelope, Limits, Reply};
 use crate::wechat::{Sealer, unix_time};
 use backend::OwnedReply;
 use dedup::{Begin, Table};
+use http_loop::HttpLoop;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// Bytes of the store for late answers' claims, attempt counts and markers (small, short-lived).
+const LATE_STORE_BYTES: usize = 1 << 20;
 
 /// A finished answer to a deferred request, for the caller to send over its transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +129,8 @@ pub struct Job {
     pub encrypt: Option<Encrypt>,
     /// Set by the handler for accounts with `user_info = true` (HTTP targets only).
     pub user_info: Option<userinfo::Credentials>,
+    /// For a rule with `late`: set by [`Job::with_late`].
+    late: Option<Box<late::hub::LateJob>>,
 }
 
 impl Job {
@@ -133,7 +144,8 @@ impl Job {
         fallback: Option<Vec<u8>>,
         dedup: bool,
     ) -> Job {
-        let key = dedup.then(|| dedup_key(account, msg));
+        // The answer's key in the state store.
+        let key = dedup.then(|| crate::state::key(account, "answer", &dedup_key(account, msg)));
         let (path, body, env) = match &forward.target {
             Target::Http { .. } => (
                 backend::path_for(msg.msg_type(), msg.event()),
@@ -167,25 +179,49 @@ impl Job {
             fallback,
             encrypt: None,
             user_info: None,
+            late: None,
         }
+    }
+
+    /// Adds what a rule with `late` needs for `msg`: the message's key, its rendered
+    /// `pending`, the split size, the fallback as an answer to keep, and the account's
+    /// credentials for customer-service messages at `api_base`. No-op without `late`.
+    pub fn with_late(
+        &mut self,
+        msg: &Message<'_>,
+        account: &crate::config::Account,
+        api_base: &str,
+        text_max_bytes: usize,
+    ) {
+        let Some(settings) = &self.forward.late else {
+            return;
+        };
+        self.late = Some(Box::new(late::hub::LateJob::new(
+            settings,
+            &self.forward,
+            msg,
+            account,
+            api_base,
+            dedup_key(&self.account, msg),
+            self.limits,
+            text_max_bytes,
+        )));
     }
 }
 
-/// The state-store key of a message's answer: account + FromUserName + MsgId for messages;
-/// account + FromUserName + CreateTime + Event + EventKey for events (and for the rare message
-/// without MsgId).
+/// account + FromUserName + MsgId for messages; account + FromUserName + CreateTime + Event +
+/// EventKey for events (and for the rare message without MsgId).
 pub fn dedup_key(account: &str, msg: &Message<'_>) -> String {
     let from = msg.from_user();
-    let id = match msg.get("MsgId").filter(|_| !msg.is_event()) {
-        Some(id) => format!("m\0{from}\0{id}"),
+    match msg.get("MsgId").filter(|_| !msg.is_event()) {
+        Some(id) => format!("m\0{account}\0{from}\0{id}"),
         None => format!(
-            "e\0{from}\0{}\0{}\0{}",
+            "e\0{account}\0{from}\0{}\0{}\0{}",
             msg.get("CreateTime").unwrap_or(""),
             msg.event(),
             msg.get("EventKey").unwrap_or("")
         ),
-    };
-    crate::state::key(account, "answer", &id)
+    }
 }
 
 /// The shared result of one attempt: plain reply XML, or `None` for no reply.
@@ -205,7 +241,11 @@ impl Waiter {
 }
 
 enum Task {
-    Message { job: Box<Job>, waiter: Waiter },
+    Message {
+        job: Box<Job>,
+        /// `None` for a job on a `late` rule: its requests wait in the late hub.
+        waiter: Option<Waiter>,
+    },
 }
 
 /// The forward pool, the de-duplication table, and menu OAuth's own pool.
@@ -213,19 +253,27 @@ pub struct Forwarder {
     settings: ForwardSettings,
     busy: Arc<AtomicUsize>,
     dedup: Arc<Table<Waiter, Shared>>,
-    sender: OnceLock<SyncSender<Task>>,
+    /// Threads for programs (`exec`) and `user_info` lookups, started as needed up to `slots`.
+    pool: OnceLock<Pool>,
+    /// Backend HTTP calls (`url` targets), all on one epoll thread; `None` if it cannot start.
+    http: OnceLock<Option<Arc<HttpLoop>>>,
     /// `userInfo` lookups (access tokens and user infos in a byte-bounded store).
     user_info: Arc<userinfo::UserInfo>,
     /// Separate from the forward slots: unsigned OAuth GETs never starve messages.
     pub oauth: oauth_pool::OAuthPool,
     /// Forward results and retry-table hits, for the status page.
     metrics: Arc<Metrics>,
+    /// Late answers (started with the first message on a `late` rule, which also reads the
+    /// state file), with their global settings.
+    hub: OnceLock<Arc<late::hub::Hub>>,
+    late: LateSettings,
 }
 
 impl Forwarder {
     /// Finished answers are kept in `store` (bounded in bytes).
     pub fn new(
         settings: ForwardSettings,
+        late: LateSettings,
         store: Arc<dyn crate::state::Store>,
         metrics: Arc<Metrics>,
     ) -> Forwarder {
@@ -235,12 +283,15 @@ impl Forwarder {
         Forwarder {
             settings,
             metrics,
+            pool: OnceLock::new(),
+            http: OnceLock::new(),
+            hub: OnceLock::new(),
+            late,
             busy: Arc::new(AtomicUsize::new(0)),
             dedup: Arc::new(Table::new(
                 store,
                 Duration::from_secs(settings.dedup_seconds),
             )),
-            sender: OnceLock::new(),
             oauth: oauth_pool::OAuthPool::new(settings.oauth, Arc::clone(&user_info)),
             user_info,
         }
@@ -257,10 +308,35 @@ impl Forwarder {
         self.settings.dedup_seconds > 0
     }
 
+    /// True while a backend call, program or customer-service push is running, even when
+    /// no request waits for it (a late answer): the process must not exit when idle.
+    pub fn working(&self) -> bool {
+        self.busy.load(Ordering::Acquire) > 0 || self.hub.get().is_some_and(|h| h.busy())
+    }
+
+    /// Saves what must survive the process (kept late answers), at exit.
+    pub fn flush(&self) {
+        if let Some(hub) = self.hub.get() {
+            hub.flush();
+        }
+    }
+
+    fn hub(&self) -> Arc<late::hub::Hub> {
+        Arc::clone(self.hub.get_or_init(|| {
+            // Kept parts get a store of their own, the one saved to the state file; twice the
+            // per-account byte bound covers the store's per-entry overhead.
+            let budget = self.late.max_bytes.saturating_mul(2).max(1 << 20);
+            let kept = Arc::new(crate::state::MemoryStore::new(budget));
+            let store: Arc<dyn crate::state::Store> =
+                Arc::new(crate::state::MemoryStore::new(LATE_STORE_BYTES));
+            late::hub::Hub::new(self.late.clone(), store, kept)
+        }))
+    }
+
     /// Answers `job` through `complete`: from the de-duplication table, by parking it on an
     /// attempt in flight, on a forward thread, or with the fallback when every slot is busy.
     /// Never blocks (called on a FastCGI worker).
-    pub fn submit(&self, job: Job, complete: Complete) {
+    pub fn submit(&self, mut job: Job, complete: Complete) {
         let waiter = Waiter {
             complete,
             encrypt: job.encrypt.clone(),
@@ -273,6 +349,12 @@ impl Forwarder {
                 })
                 .is_ok()
         };
+        if let Some(late) = job.late.as_deref_mut() {
+            let hub = self.hub();
+            late.hub = Some(Arc::clone(&hub));
+            hub.submit(job, waiter, acquire, |job| self.dispatch(job, None));
+            return;
+        }
         let waiter = match &job.key {
             Some(key) => match self.dedup.begin(key, waiter, acquire) {
                 Begin::Done(answer, waiter) => {
@@ -300,26 +382,65 @@ impl Forwarder {
             None if acquire() => waiter,
             None => return busy(job, waiter, &self.metrics),
         };
-        let sender = self.sender.get_or_init(|| self.spawn());
-        if let Err(e) = sender.try_send(Task::Message {
+        self.dispatch(job, Some(waiter));
+    }
+
+    /// Starts the backend call or program of `job`, which holds a slot.
+    fn dispatch(&self, job: Job, waiter: Option<Waiter>) {
+        if let (Target::Http { url }, None) = (&job.forward.target, &job.user_info) {
+            return self.submit_http(
+                format!("{}{}", url.trim_end_matches('/'), job.path),
+                job,
+                waiter,
+            );
+        }
+        if let Err(task) = self.send_task(Task::Message {
             job: Box::new(job),
             waiter,
         }) {
             // Cannot happen while busy <= slots; answer rather than drop.
-            let (std::sync::mpsc::TrySendError::Full(task)
-            | std::sync::mpsc::TrySendError::Disconnected(task)) = e;
-            let Task::Message { job, waiter } = task;
-            let job = *job;
-            self.busy.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.forward(status::Forward::Fallback);
-            crate::log_warn!(
-                "forward account={} rule={} result=fallback reason=\"forward queue full\"",
-                job.account,
-                job.rule
-            );
-            let answer: Shared = Arc::new(job.fallback.clone());
-            finish_all(&self.dedup, &job, waiter, &answer);
+            let Task::Message { job, waiter } = *task;
+            let result = Ok(Err("forward queue full".to_string()));
+            let ctx = (&*self.busy, &*self.dedup, &*self.metrics);
+            complete(&job, waiter, result, Instant::now(), ctx);
         }
+    }
+
+    /// Calls the backend on the HTTP loop; the loop's thread completes the request.
+    fn submit_http(&self, url: String, mut job: Job, waiter: Option<Waiter>) {
+        let http = self.http.get_or_init(|| match HttpLoop::start() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                crate::log_error!("cannot start the backend HTTP thread: {e}");
+                None
+            }
+        });
+        let busy = Arc::clone(&self.busy);
+        let dedup = Arc::clone(&self.dedup);
+        let metrics = Arc::clone(&self.metrics);
+        let Some(http) = http else {
+            let result = Ok(Err("cannot start the backend HTTP thread".to_string()));
+            return complete(
+                &job,
+                waiter,
+                result,
+                Instant::now(),
+                (&busy, &dedup, &metrics),
+            );
+        };
+        let started = Instant::now();
+        let body = std::mem::take(&mut job.body);
+        http.post_json(
+            &url,
+            &body,
+            job.forward.timeout,
+            Box::new(move |answer| {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    answer.and_then(|a| backend::interpret(a.status, &a.body))
+                }));
+                complete(&job, waiter, result, started, (&busy, &dedup, &metrics));
+            }),
+        );
     }
 
     /// Completes an admitted menu OAuth redirect on the OAuth pool (see [`oauth_pool`]).
@@ -332,25 +453,62 @@ impl Forwarder {
         self.oauth.submit(job, admitted, complete);
     }
 
-    fn spawn(&self) -> SyncSender<Task> {
-        let (tx, rx) = sync_channel::<Task>(self.settings.slots);
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..self.settings.slots {
-            let rx = Arc::clone(&rx);
+    /// Queues `task` for a pool thread, starting one when every started thread is busy.
+    /// Idle threads stay for later tasks. Gives the task back when the queue is full or gone.
+    fn send_task(&self, task: Task) -> Result<(), Box<Task>> {
+        let pool = self.pool.get_or_init(|| {
+            let (tx, rx) = sync_channel::<Task>(self.settings.slots);
+            Pool {
+                tx,
+                rx: Arc::new(Mutex::new(rx)),
+                threads: AtomicUsize::new(0),
+                idle: Arc::new(AtomicUsize::new(0)),
+                queued: Arc::new(AtomicUsize::new(0)),
+            }
+        });
+        if let Err(
+            std::sync::mpsc::TrySendError::Full(task)
+            | std::sync::mpsc::TrySendError::Disconnected(task),
+        ) = pool.tx.try_send(task)
+        {
+            return Err(Box::new(task));
+        }
+        let queued = pool.queued.fetch_add(1, Ordering::AcqRel) + 1;
+        let threads = pool.threads.load(Ordering::Acquire);
+        if queued > pool.idle.load(Ordering::Acquire) && threads < self.settings.slots {
+            pool.threads.fetch_add(1, Ordering::AcqRel);
+            let rx = Arc::clone(&pool.rx);
+            let counts = [Arc::clone(&pool.idle), Arc::clone(&pool.queued)];
             let busy = Arc::clone(&self.busy);
             let dedup = Arc::clone(&self.dedup);
             let user_info = Arc::clone(&self.user_info);
             let metrics = Arc::clone(&self.metrics);
             let spawned = std::thread::Builder::new()
-                .name(format!("forward-{i}"))
-                .spawn(move || forward_thread(&rx, &busy, &dedup, &user_info, &metrics));
+                .name(format!("forward-{threads}"))
+                .spawn(move || {
+                    forward_thread(&rx, &counts, (&busy, &dedup, &metrics), &user_info);
+                });
             if let Err(e) = spawned {
-                crate::log_error!("cannot start forward thread {i}: {e}");
+                pool.threads.fetch_sub(1, Ordering::AcqRel);
+                crate::log_error!("cannot start forward thread {threads}: {e}");
             }
         }
-        tx
+        Ok(())
     }
 }
+
+/// The threads for programs and `user_info` lookups, and their queue.
+struct Pool {
+    tx: SyncSender<Task>,
+    rx: Arc<Mutex<Receiver<Task>>>,
+    threads: AtomicUsize,
+    /// Threads waiting for a task, and tasks not yet taken by a thread.
+    idle: Arc<AtomicUsize>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// What completing a call updates: the slot count, the retry table, the status counters.
+type Ctx<'a> = (&'a AtomicUsize, &'a Table<Waiter, Shared>, &'a Metrics);
 
 /// No slot free (or too many retries parked): the fallback at once, not stored.
 fn busy(job: Job, waiter: Waiter, metrics: &Metrics) {
@@ -365,16 +523,18 @@ fn busy(job: Job, waiter: Waiter, metrics: &Metrics) {
 
 fn forward_thread(
     rx: &Mutex<Receiver<Task>>,
-    busy: &AtomicUsize,
-    dedup: &Table<Waiter, Shared>,
+    [idle, queued]: &[Arc<AtomicUsize>; 2],
+    ctx: Ctx<'_>,
     user_info: &userinfo::UserInfo,
-    metrics: &Metrics,
 ) {
     loop {
+        idle.fetch_add(1, Ordering::AcqRel);
         let task = {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
             rx.recv()
         };
+        idle.fetch_sub(1, Ordering::AcqRel);
+        queued.fetch_sub(1, Ordering::AcqRel);
         let (job, waiter) = match task {
             Ok(Task::Message { job, waiter }) => (*job, waiter),
             Err(_) => return,
@@ -382,41 +542,64 @@ fn forward_thread(
         let started = Instant::now();
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&job, user_info)));
-        let ms = started.elapsed().as_millis();
-        metrics.forward(match result {
-            Ok(Ok(_)) => status::Forward::Ok,
-            _ => status::Forward::Fallback,
-        });
-        let answer: Shared = match result {
-            Ok(Ok(reply)) => {
-                crate::log_info!(
-                    "forward account={} rule={} result=ok ms={ms}",
-                    job.account,
-                    job.rule
-                );
-                Arc::new(render(&job, &reply))
-            }
-            Ok(Err(reason)) => {
-                crate::log_warn!(
-                    "forward account={} rule={} result=fallback reason=\"{}\" ms={ms}",
-                    job.account,
-                    job.rule,
-                    reason.escape_debug()
-                );
-                Arc::new(job.fallback.clone())
-            }
-            Err(_) => {
-                crate::log_error!(
-                    "forward account={} rule={} result=fallback reason=\"internal error\"",
-                    job.account,
-                    job.rule
-                );
-                Arc::new(job.fallback.clone())
-            }
-        };
-        busy.fetch_sub(1, Ordering::AcqRel);
-        finish_all(dedup, &job, waiter, &answer);
+        complete(&job, waiter, result, started, ctx);
     }
+}
+
+/// Logs the outcome of a backend call or program run, renders the answer (or the fallback),
+/// frees the slot and answers every request waiting for it — or, on a `late` rule, hands the
+/// answer to the late hub.
+fn complete(
+    job: &Job,
+    waiter: Option<Waiter>,
+    result: std::thread::Result<Result<OwnedReply, String>>,
+    started: Instant,
+    (busy, dedup, metrics): Ctx<'_>,
+) {
+    let ms = started.elapsed().as_millis();
+    metrics.forward(match result {
+        Ok(Ok(_)) => status::Forward::Ok,
+        _ => status::Forward::Fallback,
+    });
+    if let Some(hub) = job.late.as_ref().and_then(|l| l.hub.clone()) {
+        busy.fetch_sub(1, Ordering::AcqRel);
+        let result = result.unwrap_or_else(|_| Err("internal error".to_string()));
+        hub.finished(job, result, ms);
+        return;
+    }
+    let Some(waiter) = waiter else {
+        busy.fetch_sub(1, Ordering::AcqRel);
+        return;
+    };
+    let answer: Shared = match result {
+        Ok(Ok(reply)) => {
+            crate::log_info!(
+                "forward account={} rule={} result=ok ms={ms}",
+                job.account,
+                job.rule
+            );
+            Arc::new(render(job, &reply))
+        }
+        Ok(Err(reason)) => {
+            crate::log_warn!(
+                "forward account={} rule={} result=fallback reason=\"{}\" ms={ms}",
+                job.account,
+                job.rule,
+                reason.escape_debug()
+            );
+            Arc::new(job.fallback.clone())
+        }
+        Err(_) => {
+            crate::log_error!(
+                "forward account={} rule={} result=fallback reason=\"internal error\"",
+                job.account,
+                job.rule
+            );
+            Arc::new(job.fallback.clone())
+        }
+    };
+    busy.fetch_sub(1, Ordering::AcqRel);
+    finish_all(dedup, job, waiter, &answer);
 }
 
 /// Answers the request and every retry parked on it, and stores the answer.
@@ -461,14 +644,24 @@ fn run(job: &Job, user_info: &userinfo::UserInfo) -> Result<OwnedReply, String> 
 
 /// Renders a backend reply as reply XML; `None` for no reply.
 fn render(job: &Job, reply: &OwnedReply) -> Option<Vec<u8>> {
+    render_to(&job.to_user, &job.from_user, &job.limits, reply)
+}
+
+/// Renders `reply` as a reply to `to_user` (an OpenID) from `from_user` (the account's id).
+fn render_to(
+    to_user: &str,
+    from_user: &str,
+    limits: &Limits,
+    reply: &OwnedReply,
+) -> Option<Vec<u8>> {
     let reply = reply.as_ref()?;
     let envelope = Envelope {
-        to_user: &job.to_user,
-        from_user: &job.from_user,
+        to_user,
+        from_user,
         create_time: unix_time(),
     };
     let mut out = Vec::with_capacity(512);
-    reply::render(reply, &envelope, &job.limits, &mut out);
+    reply::render(reply, &envelope, limits, &mut out);
     Some(out)
 }
 
@@ -482,12 +675,9 @@ mod tests {
             b"<xml><FromUserName>o</FromUserName><MsgType>text</MsgType><MsgId>5</MsgId></xml>",
         )
         .expect("parse");
-        assert_eq!(dedup_key("a", &m), "weixin-fcgi:a:answer:m%00o%005");
+        assert_eq!(dedup_key("a", &m), concat!("m\0a\0o\0", "5"));
         let e = Message::parse(b"<xml><FromUserName>o</FromUserName><CreateTime>9</CreateTime><MsgType>event</MsgType><Event>CLICK</Event><EventKey>k</EventKey></xml>")
             .expect("parse");
-        assert_eq!(
-            dedup_key("a", &e),
-            "weixin-fcgi:a:answer:e%00o%009%00CLICK%00k"
-        );
+        assert_eq!(dedup_key("a", &e), concat!("e\0a\0o\0", "9\0CLICK\0k"));
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A menu item points at WeChat's authorize URL with `redirect_uri` = the account's
 //! `redirect_path`; WeChat then sends the user's browser there with `code` and `state`.
-//! On a forward thread: `GET <oauth_api_base>/sns/oauth2/access_token?appid=…&secret=…&code=…
+//! On a forward thread: `GET <api_base>/sns/oauth2/access_token?appid=…&secret=…&code=…
 //! &grant_type=authorization_code` gives the user's `openid`; then, per the account's config:
 //!
 //! - `menu_handler` (the seed's protocol): `{"appId", "openId", "state"}` is POSTed with the
@@ -149,7 +149,7 @@ pub fn run(job: &OAuthJob, user_info: &userinfo::UserInfo) -> Result<Page, Strin
 /// `userInfoError` when the account does not have `user_info = true`.
 pub const NOT_FETCHED: &str = "userInfo not fetched: user_info is off for this account";
 
-/// `code` → the user's openid at `oauth_api_base`.
+/// `code` → the user's openid at `api_base`.
 fn exchange_code(job: &OAuthJob) -> Result<String, String> {
     let redact = |s: String| {
         if job.app_secret.is_empty() {

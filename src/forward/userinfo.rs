@@ -1,5 +1,5 @@
 //! go-wx-gateway's `userInfo` / `userInfoError` (account key `user_info`, off by default):
-//! `GET {oauth_api_base}/cgi-bin/user/info?access_token=…&openid=…&lang=zh_CN` with the
+//! `GET {api_base}/cgi-bin/user/info?access_token=…&openid=…&lang=zh_CN` with the
 //! account's cached access token ([`crate::wxapi`]), its answer kept in the state store for
 //! [`TTL`] under `state::key(account, "userinfo", openid)` (the store is bounded in bytes).
 //! A failure never fails the message: `userInfo` is `null` and `userInfoError` says why.

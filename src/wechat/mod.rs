@@ -4,11 +4,13 @@
 //! - [`message`]: incoming message/event XML parsed into borrowed fields.
 //! - [`reply`]: passive reply XML rendering (CDATA-safe, length-limited).
 //! - [`crypto`]: safe-mode (AES-256-CBC) envelope decrypt/encrypt.
+//! - [`split`]: long text cut into parts of at most N bytes at line/sentence ends.
 
 pub mod crypto;
 pub mod message;
 pub mod reply;
 pub mod signature;
+pub mod split;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

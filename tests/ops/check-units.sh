@@ -101,6 +101,9 @@ if command -v systemd-analyze >/dev/null; then
     cp "$SYSTEMD_DIR/forwarding.conf" "$UNITDIR/weixin-fcgi.service.d/"
     check_exposure "weixin-fcgi.service + forwarding.conf"
     rm "$UNITDIR/weixin-fcgi.service.d/forwarding.conf"
+    cp "$SYSTEMD_DIR/wechat-api.conf" "$UNITDIR/weixin-fcgi.service.d/"
+    check_exposure "weixin-fcgi.service + wechat-api.conf"
+    rm "$UNITDIR/weixin-fcgi.service.d/wechat-api.conf"
 else
     fail security "systemd-analyze not found (package systemd)"
 fi

@@ -24,6 +24,8 @@
 #               (no retry loop forever), and `reset-failed` + a fixed file bring it back
 #   idle        idle_exit: the service exits when idle, the socket stays, the next request
 #               starts it again
+#   late        a late exec rule: pending, the answer kept in the StateDirectory= (DynamicUser),
+#               delivered on the next message after a restart
 #   journal     no token, AES key or AppSecret anywhere in the journal
 #   security    systemd-analyze security weixin-fcgi.service <= 1.0
 #   upgrade     installing the second .deb (same package, higher version) under load: the
@@ -456,6 +458,49 @@ if [ "$state" = inactive ] && [ "$sock" = active ] && [[ $out == *"Content You s
 else
     fail idle "service after idle: '$state', socket '$sock', next request:"
     printf '%s\n' "$out" | indent
+fi
+write_config "You said:"
+ct systemctl restart weixin-fcgi
+
+# --- 8b. a late answer kept in the state directory survives a restart --------------------------
+# An exec rule slower than WeChat's attempt (wechat_attempt_ms = 1000 keeps the test short): the
+# request gets `pending`, the answer is kept for the user in the unit's StateDirectory= (with
+# DynamicUser=: /var/lib/private/weixin-fcgi, given to each run's new UID), and after a restart,
+# under another dynamic UID, the user's next message gets it.
+ct sh -c "cat > $CONFIG" <<EOF
+# written by tests/ops/systemd-e2e.sh: a late rule
+wechat_attempt_ms = 1000
+[[account]]
+name = "e2e"
+path = "/weixin"
+token = "$TOKEN"
+app_id = "$APP_ID"
+aes_key = "$AES_KEY"
+app_secret = "$APP_SECRET"
+
+[[account.rule]]
+name = "slow"
+msg_type = "text"
+reply = { type = "exec", command = ["/bin/sh", "-c", "sleep 3; echo \"late: \$WX_Content\""], late = "next_message", late_timeout_ms = 10000 }
+EOF
+ct systemctl restart weixin-fcgi
+first=$(send --plain text question)
+state_file=/var/lib/private/weixin-fcgi/late-answers
+for _ in $(seq 40); do
+    ct test -s "$state_file" && break
+    sleep 0.25
+done
+dir_mode=$(ct stat -c '%a' /var/lib/private/weixin-fcgi 2>&1 || true)
+pid=$(main_pid)
+ct systemctl restart weixin-fcgi
+second=$(send --plain text hello)
+if [[ $first == *"Content 正在思考"* ]] && ct test -s "$state_file" && [ "$dir_mode" = 700 ] &&
+    [[ $second == *"Content late: question"* ]] && [ "$(main_pid)" != "$pid" ]; then
+    pass late "late rule: pending, the answer kept in $state_file (dir 0700), delivered after a restart ($pid -> $(main_pid))"
+else
+    fail late "first reply, state dir mode '$dir_mode', reply after the restart:"
+    printf '%s\n%s\n' "$first" "$second" | indent
+    ct ls -la /var/lib/private/weixin-fcgi 2>&1 | indent
 fi
 write_config "You said:"
 ct systemctl restart weixin-fcgi
