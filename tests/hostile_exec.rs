@@ -13,14 +13,18 @@ fn count(dir: String) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
-fn post(nginx: &Nginx, content: &str, id: u64) -> Option<String> {
+/// The reply's Content, or the status and body when there is none.
+fn post(nginx: &Nginx, content: &str, id: u64) -> Result<String, String> {
     let body = text_message(content).replace("1234567890123456", &id.to_string());
     let resp = nginx.request(
         "POST",
         &format!("/weixin?{}", signed_query(TOKEN)),
         body.as_bytes(),
     );
-    xml_field(&resp.text(), "Content")
+    if resp.status != 200 {
+        return Err(format!("status {}: {}", resp.status, resp.text()));
+    }
+    xml_field(&resp.text(), "Content").ok_or_else(|| resp.text())
 }
 
 #[test]
@@ -45,12 +49,16 @@ reply = {{ type = "exec", command = ["/bin/echo", "plain"] }}
 "#,
         m = marker.display()
     );
-    let r = Responder::start(&config_with_rules(TOKEN, &rules));
+    // One forward thread: started by the warm-up, so any thread more is one a message left.
+    let r = Responder::start(&format!(
+        "forward_slots = 1\n{}",
+        config_with_rules(TOKEN, &rules)
+    ));
     let nginx = Nginx::start(&r.socket, true);
     let pid = r.pid();
 
     // Warm up (starts the forward threads), then take the baseline.
-    assert_eq!(post(&nginx, "x", 1).as_deref(), Some("plain"));
+    assert_eq!(post(&nginx, "x", 1).as_deref(), Ok("plain"));
     std::thread::sleep(Duration::from_millis(200));
     let (threads, fds) = (
         count(format!("/proc/{pid}/task")),
@@ -62,7 +70,7 @@ reply = {{ type = "exec", command = ["/bin/echo", "plain"] }}
         let started = Instant::now();
         assert_eq!(
             post(&nginx, "bg", 10 + i).as_deref(),
-            Some("started"),
+            Ok("started"),
             "{}",
             r.stderr()
         );
@@ -87,7 +95,12 @@ reply = {{ type = "exec", command = ["/bin/echo", "plain"] }}
 
     // At the deadline the background child dies with the program.
     let started = Instant::now();
-    assert_eq!(post(&nginx, "stuck", 20).as_deref(), Some("timed out"));
+    assert_eq!(
+        post(&nginx, "stuck", 20).as_deref(),
+        Ok("timed out"),
+        "{}",
+        r.stderr()
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     std::thread::sleep(Duration::from_millis(1500));
     assert!(

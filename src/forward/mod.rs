@@ -466,14 +466,16 @@ impl Forwarder {
                 queued: Arc::new(AtomicUsize::new(0)),
             }
         });
+        // Counted before it is sent: a thread may take it (and count it off) at once.
+        let queued = pool.queued.fetch_add(1, Ordering::AcqRel) + 1;
         if let Err(
             std::sync::mpsc::TrySendError::Full(task)
             | std::sync::mpsc::TrySendError::Disconnected(task),
         ) = pool.tx.try_send(task)
         {
+            pool.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(Box::new(task));
         }
-        let queued = pool.queued.fetch_add(1, Ordering::AcqRel) + 1;
         let threads = pool.threads.load(Ordering::Acquire);
         if queued > pool.idle.load(Ordering::Acquire) && threads < self.settings.slots {
             pool.threads.fetch_add(1, Ordering::AcqRel);
