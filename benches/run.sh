@@ -295,8 +295,10 @@ weixin_location() { # weixin_location KEEPALIVE(0|1) SOCKET — the repo's nginx
         if ((ka)) && ! grep -qE '^[^#]*fastcgi_keep_conn[[:space:]]+on' "$ROOT/nginx/weixin.conf"; then
             log "  note: nginx/weixin.conf has no 'fastcgi_keep_conn on': upstream keepalive will not be used"
         fi
-        # verbatim, except a hard-coded socket path is pointed at our upstream
-        sed -e 's#fastcgi_pass[[:space:]]\+unix:[^;]*;#fastcgi_pass weixin_fcgi;#' "$ROOT/nginx/weixin.conf"
+        # verbatim, except a hard-coded socket path is pointed at our upstream, and no access
+        # log (its format lives in weixin-upstream.conf; logging is not what is measured)
+        sed -e 's#fastcgi_pass[[:space:]]\+unix:[^;]*;#fastcgi_pass weixin_fcgi;#' \
+            -e 's#^\([[:space:]]*\)access_log[[:space:]][^;]*;#\1access_log off;#' "$ROOT/nginx/weixin.conf"
     elif ((ka)); then
         printf '        location = /weixin {\n            include fastcgi_params;\n            fastcgi_keep_conn on;\n            fastcgi_pass weixin_fcgi;\n        }\n'
     else

@@ -12,11 +12,14 @@ nginx/weixin.conf verbatim (upstream keepalive 8), with one `forward` rule to a 
   tcp      shared_state = "redis://127.0.0.1:PORT/0"   (a redis-server of its own, no persistence)
   unix     shared_state = "redis+unix:///…/redis.sock"
 
-Each message has its own MsgId, so every request claims its key in Redis (SET NX PX) and stores
-the answer (SET PX) — the two round trips a forwarded message costs; template replies touch no
-store at all. Per config and round: 200 warm-up requests, then N sequential requests on one
-keep-alive connection (wall-clock latency each), then VmRSS/VmHWM of the responder. Configs are
-interleaved over ROUNDS rounds; the table gives medians over rounds.
+Each message has its own MsgId, so every forwarded message claims its key in Redis (SET NX PX)
+and stores the answer (SET PX) — the two round trips a forwarded message costs on the claims
+thread. Every signed POST, template replies included, also checks the replay cache, which with
+shared_state is in Redis: one round trip (two for a retry) on the FastCGI worker.
+
+Per config and round: 200 warm-up requests, then N sequential forwarded messages and N template
+replies on one keep-alive connection (wall-clock latency each), then VmRSS/VmHWM of the
+responder. Configs are interleaved over ROUNDS rounds; the table gives medians over rounds.
 
 First, examples/claim_latency times the two store calls alone (5 × N claim + answer pairs
 per store: memory, Redis over TCP, Redis over the Unix socket).
@@ -253,36 +256,43 @@ reply = {{ type = "forward", url = "http://127.0.0.1:{backend_port}/b", timeout_
     subprocess.run([example, str(5 * N), configs["tcp"], configs["unix"]], check=True, timeout=600)
     print()
 
-    results = {name: {"median": [], "mean": [], "p99": [], "rss": [], "hwm": []} for name in configs}
+    keys = ("median", "mean", "p99", "static", "rss", "hwm")
+    results = {name: {k: [] for k in keys} for name in configs}
     for r in range(ROUNDS):
         order = list(configs) if r % 2 == 0 else list(reversed(configs))
         for name in order:
             p = start_responder(name)
             requests(nginx_port, 200)
             lat = sorted(requests(nginx_port, N))
+            # Template replies: no backend; with shared_state the replay cache's round trip.
+            static = requests(nginx_port, N, "static")
             vm, hwm = rss(p.pid)
             procs.stop(p)
             res = results[name]
             res["median"].append(statistics.median(lat))
             res["mean"].append(statistics.fmean(lat))
             res["p99"].append(lat[int(len(lat) * 0.99) - 1])
+            res["static"].append(statistics.median(static))
             res["rss"].append(vm)
             res["hwm"].append(hwm)
-            print(f"round {r + 1} {name:6}: median {res['median'][-1]:7.0f} µs, mean "
-                  f"{res['mean'][-1]:7.0f} µs, p99 {res['p99'][-1]:7.0f} µs, VmRSS {vm} kB, "
-                  f"VmHWM {hwm} kB", flush=True)
+            print(f"round {r + 1} {name:6}: forwarded median {res['median'][-1]:7.0f} µs, mean "
+                  f"{res['mean'][-1]:7.0f} µs, p99 {res['p99'][-1]:7.0f} µs; template median "
+                  f"{res['static'][-1]:5.0f} µs; VmRSS {vm} kB, VmHWM {hwm} kB", flush=True)
 
     print(f"\nforwarded text message through nginx, {N} sequential requests on one keep-alive "
           f"connection, median of {ROUNDS} rounds:")
-    print("| shared_state | median µs | mean µs | p99 µs | VmRSS kB | VmHWM kB |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| shared_state | forwarded median µs | mean µs | p99 µs | template median µs | VmRSS kB | VmHWM kB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     base = statistics.median(results["memory"]["median"])
+    static_base = statistics.median(results["memory"]["static"])
     for name, res in results.items():
         med = statistics.median(res["median"])
+        static = statistics.median(res["static"])
         extra = "" if name == "memory" else f" (+{med - base:.0f})"
+        static_extra = "" if name == "memory" else f" (+{static - static_base:.0f})"
         print(f"| {name} | {med:.0f}{extra} | {statistics.median(res['mean']):.0f} | "
-              f"{statistics.median(res['p99']):.0f} | {statistics.median(res['rss']):.0f} | "
-              f"{statistics.median(res['hwm']):.0f} |")
+              f"{statistics.median(res['p99']):.0f} | {static:.0f}{static_extra} | "
+              f"{statistics.median(res['rss']):.0f} | {statistics.median(res['hwm']):.0f} |")
 
     if not CALLGRIND:
         return

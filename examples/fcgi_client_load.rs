@@ -1,6 +1,8 @@
 //! Sends N signed WeChat text messages to a responder over FastCGI, one connection each (as
 //! nginx does without keepalive) or all on one kept-alive connection (`--keep`), and checks
-//! every reply. Used to count instructions per request under callgrind:
+//! every reply. Each request has its own nonce, as WeChat's do (the responder's replay cache
+//! refuses a signed request repeated after the retry period). Used to count instructions per
+//! request under callgrind:
 //!
 //! ```sh
 //! cargo run --release --example fcgi_client_load -- /path/to.sock TOKEN 1000 [--keep] [--aes KEY APPID]
@@ -28,62 +30,64 @@ fn main() {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let ts = ts.to_string();
-    let nonce = "1234567";
-    let sig = signature::sign(&mut [token.as_bytes(), ts.as_bytes(), nonce.as_bytes()]);
-    let sig = String::from_utf8_lossy(&sig).into_owned();
     let msg = format!(
         "<xml><ToUserName><![CDATA[gh_test]]></ToUserName><FromUserName><![CDATA[oUser]]></FromUserName>\
          <CreateTime>{ts}</CreateTime><MsgType><![CDATA[text]]></MsgType>\
          <Content><![CDATA[hello benchmark]]></Content><MsgId>1234567890123456</MsgId></xml>"
     );
-    let (query, body) = match &aes {
-        None => (
-            format!("signature={sig}&timestamp={ts}&nonce={nonce}&openid=oUser"),
-            msg.into_bytes(),
-        ),
-        Some((key, app_id)) => {
-            let mut enc = Vec::new();
-            crypto::encrypt(key, app_id, msg.as_bytes(), &mut enc).expect("encrypt");
-            let enc = String::from_utf8(enc).expect("base64");
-            let msig = signature::sign(&mut [
-                token.as_bytes(),
-                ts.as_bytes(),
-                nonce.as_bytes(),
-                enc.as_bytes(),
-            ]);
-            let msig = String::from_utf8_lossy(&msig).into_owned();
-            (
-                format!(
-                    "signature={sig}&timestamp={ts}&nonce={nonce}&openid=oUser&encrypt_type=aes&msg_signature={msig}"
-                ),
-                format!("<xml><ToUserName><![CDATA[gh_test]]></ToUserName><Encrypt><![CDATA[{enc}]]></Encrypt></xml>")
-                    .into_bytes(),
-            )
+    let sign = |parts: &mut [&[u8]]| String::from_utf8_lossy(&signature::sign(parts)).into_owned();
+    let build = |i: usize| -> (String, Vec<u8>) {
+        let nonce = format!("{}{i}", std::process::id());
+        let sig = sign(&mut [token.as_bytes(), ts.as_bytes(), nonce.as_bytes()]);
+        match &aes {
+            None => (
+                format!("signature={sig}&timestamp={ts}&nonce={nonce}&openid=oUser"),
+                msg.clone().into_bytes(),
+            ),
+            Some((key, app_id)) => {
+                let mut enc = Vec::new();
+                crypto::encrypt(key, app_id, msg.as_bytes(), &mut enc).expect("encrypt");
+                let enc = String::from_utf8(enc).expect("base64");
+                let msig = sign(&mut [
+                    token.as_bytes(),
+                    ts.as_bytes(),
+                    nonce.as_bytes(),
+                    enc.as_bytes(),
+                ]);
+                (
+                    format!(
+                        "signature={sig}&timestamp={ts}&nonce={nonce}&openid=oUser&encrypt_type=aes&msg_signature={msig}"
+                    ),
+                    format!("<xml><ToUserName><![CDATA[gh_test]]></ToUserName><Encrypt><![CDATA[{enc}]]></Encrypt></xml>")
+                        .into_bytes(),
+                )
+            }
         }
     };
-    let len = body.len().to_string();
-    let params: Vec<(&str, &[u8])> = vec![
-        ("QUERY_STRING", query.as_bytes()),
-        ("REQUEST_METHOD", b"POST"),
-        ("CONTENT_TYPE", b"text/xml"),
-        ("CONTENT_LENGTH", len.as_bytes()),
-        ("SCRIPT_NAME", b"/weixin"),
-        ("REQUEST_URI", b"/weixin"),
-        ("DOCUMENT_URI", b"/weixin"),
-        ("DOCUMENT_ROOT", b"/usr/share/nginx/html"),
-        ("SERVER_PROTOCOL", b"HTTP/1.1"),
-        ("REQUEST_SCHEME", b"http"),
-        ("GATEWAY_INTERFACE", b"CGI/1.1"),
-        ("SERVER_SOFTWARE", b"nginx/1.22.1"),
-        ("REMOTE_ADDR", b"127.0.0.1"),
-        ("REMOTE_PORT", b"40000"),
-        ("SERVER_ADDR", b"127.0.0.1"),
-        ("SERVER_PORT", b"8080"),
-        ("SERVER_NAME", b"localhost"),
-        ("HTTP_HOST", b"127.0.0.1:8080"),
-        ("HTTP_CONTENT_TYPE", b"text/xml"),
-        ("HTTP_CONTENT_LENGTH", len.as_bytes()),
-    ];
+    let params = |query: &'_ str, len: &'_ str| -> Vec<(&'static str, Vec<u8>)> {
+        vec![
+            ("QUERY_STRING", query.as_bytes().to_vec()),
+            ("REQUEST_METHOD", b"POST".to_vec()),
+            ("CONTENT_TYPE", b"text/xml".to_vec()),
+            ("CONTENT_LENGTH", len.as_bytes().to_vec()),
+            ("SCRIPT_NAME", b"/weixin".to_vec()),
+            ("REQUEST_URI", b"/weixin".to_vec()),
+            ("DOCUMENT_URI", b"/weixin".to_vec()),
+            ("DOCUMENT_ROOT", b"/usr/share/nginx/html".to_vec()),
+            ("SERVER_PROTOCOL", b"HTTP/1.1".to_vec()),
+            ("REQUEST_SCHEME", b"http".to_vec()),
+            ("GATEWAY_INTERFACE", b"CGI/1.1".to_vec()),
+            ("SERVER_SOFTWARE", b"nginx/1.22.1".to_vec()),
+            ("REMOTE_ADDR", b"127.0.0.1".to_vec()),
+            ("REMOTE_PORT", b"40000".to_vec()),
+            ("SERVER_ADDR", b"127.0.0.1".to_vec()),
+            ("SERVER_PORT", b"8080".to_vec()),
+            ("SERVER_NAME", b"localhost".to_vec()),
+            ("HTTP_HOST", b"127.0.0.1:8080".to_vec()),
+            ("HTTP_CONTENT_TYPE", b"text/xml".to_vec()),
+            ("HTTP_CONTENT_LENGTH", len.as_bytes().to_vec()),
+        ]
+    };
     let timeout = std::time::Duration::from_secs(5);
     let mut conn = None;
     let mut failures = 0;
@@ -92,6 +96,9 @@ fn main() {
             conn = Some(Connection::connect(socket, timeout).expect("connect"));
         }
         let Some(c) = conn.as_mut() else { continue };
+        let (query, body) = build(i);
+        let owned = params(&query, &body.len().to_string());
+        let params: Vec<(&str, &[u8])> = owned.iter().map(|(n, v)| (*n, v.as_slice())).collect();
         match client::request(c, 1, &params, &body, keep) {
             Ok(r) if r.status == 200 && r.body.starts_with(b"<xml>") => {}
             Ok(r) => {

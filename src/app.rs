@@ -8,16 +8,20 @@
 use crate::config::{Account, Config};
 use crate::fastcgi::{Handler, Outcome, Pending, Request, Response, ServerHandle};
 use crate::forward::{self, Forwarder};
+use crate::logger::LogValue;
 use crate::query;
+use crate::replay::{ReplayCache, SignedPost};
 use crate::rules::{self, Action};
+use crate::state::{MemoryStore, Store};
 use crate::status::{self, AccountCounters, Format, Metrics, Snapshot};
 use crate::wechat::crypto::{self, AesKey};
 use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Envelope, Limits};
 use crate::wechat::{Sealer, TEXT, XML, signature, unix_time};
 use std::cell::RefCell;
-use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 /// The WeChat callback application. The config can be swapped atomically (SIGHUP): each
 /// request takes one snapshot and uses it throughout.
@@ -25,15 +29,21 @@ pub struct App {
     config: RwLock<Arc<Config>>,
     /// The forward pool and retry table (`forward`/`exec` rules), sized by the first config.
     forwarder: Arc<Forwarder>,
-    /// State beyond one request: this process's memory, or Redis (`shared_state`, fixed at
-    /// start) shared with other instances.
-    state: Arc<dyn crate::state::Store>,
     /// Counters for the status page (`status_path`).
     metrics: Arc<Metrics>,
     /// Unix time of the start, for the status page.
     start_time: u64,
     /// The transport's counters (connections), once the server runs.
     server: OnceLock<ServerHandle>,
+    /// The in-process state store (`state_memory_bytes`): kept answers for retries, ….
+    state: Arc<MemoryStore>,
+    /// The replay cache and its own store (`replay_cache_bytes`), so a burst of answers
+    /// cannot push out replay entries, nor the reverse.
+    replay: ReplayCache,
+    replay_store: Arc<MemoryStore>,
+    /// Requests handled, and (requests, store bytes) at the last allocator trim.
+    handled: AtomicU64,
+    trimmed: Mutex<(u64, usize)>,
 }
 
 /// Per-worker scratch space, reused across requests.
@@ -57,7 +67,7 @@ struct Outcomes<'a> {
     account: &'a str,
     /// The account's request counters; `None` for a request no account answers.
     counters: Option<&'a AccountCounters>,
-    /// Refused as a possible replay (timestamp outside the window).
+    /// Refused as a possible replay (timestamp outside the window, signature reused).
     replay: bool,
     kind: Short,
     event: Short,
@@ -73,21 +83,53 @@ struct Outcomes<'a> {
 
 impl App {
     pub fn new(config: Config) -> App {
-        let (state, shared) = crate::state::shared::open(config.shared_state.as_deref());
         let metrics = Arc::new(Metrics::default());
+        let state = Arc::new(MemoryStore::new(config.state_memory_bytes));
+        let replay_store = Arc::new(MemoryStore::new(config.replay_cache_bytes));
+        // With `shared_state`, the replay cache and the claims of retries and late answers go
+        // to Redis, shared with the other instances; the replay store answers while Redis is
+        // unavailable. Finished answers stay in `state` too, for retries on this instance.
+        let shared = crate::state::shared::open(
+            config.shared_state.as_deref(),
+            Arc::clone(&replay_store) as Arc<dyn Store>,
+        );
+        let replay = ReplayCache::new(
+            (shared.clone()).unwrap_or_else(|| Arc::clone(&replay_store) as Arc<dyn Store>),
+        );
         App {
             forwarder: Arc::new(Forwarder::new(
                 config.forward,
                 config.late.clone(),
+                Arc::clone(&state) as Arc<dyn Store>,
                 Arc::clone(&metrics),
-                shared.then(|| Arc::clone(&state)),
+                shared,
             )),
-            state,
             config: RwLock::new(Arc::new(config)),
             metrics,
             start_time: unix_time(),
             server: OnceLock::new(),
+            replay,
+            replay_store,
+            state,
+            handled: AtomicU64::new(0),
+            trimmed: Mutex::new((0, 0)),
         }
+    }
+
+    /// Housekeeping, called about once a second: drops expired entries, and when the process
+    /// is `idle` after serving (or after its tables shrank) gives freed memory back to the OS,
+    /// so RSS returns near its idle figure after a burst.
+    pub fn maintain(&self, idle: bool) {
+        self.state.sweep();
+        self.replay_store.sweep();
+        let handled = self.handled.load(Ordering::Relaxed);
+        let bytes = self.state.bytes() + self.replay_store.bytes();
+        let mut last = self.trimmed.lock().unwrap_or_else(|p| p.into_inner());
+        if idle && (handled != last.0 || bytes < last.1) {
+            crate::allocator::trim();
+            last.0 = handled;
+        }
+        last.1 = bytes;
     }
 
     /// Gives the status page the running server's connection counters.
@@ -98,11 +140,6 @@ impl App {
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// The state store (see [`crate::state`]).
-    pub fn state(&self) -> Arc<dyn crate::state::Store> {
-        Arc::clone(&self.state)
     }
 
     /// True while backend work runs that no open request waits for (late answers).
@@ -147,8 +184,10 @@ impl App {
             snapshot.max_conns_reached = stats.max_conns_reached;
             snapshot.in_flight = stats.in_flight as u64;
         }
-        let (entries, bytes) = self.forwarder.retry_table_usage();
-        (snapshot.retry_entries, snapshot.retry_bytes) = (entries as u64, bytes as u64);
+        // The retry table: attempts in flight, and the answers kept in the state store.
+        let entries = self.forwarder.retry_in_flight() + self.state.len();
+        (snapshot.retry_entries, snapshot.retry_bytes) =
+            (entries as u64, self.state.bytes() as u64);
         let mut text = String::new();
         status::render(&snapshot, format, &mut text);
         response.set_content_type(format.content_type());
@@ -159,6 +198,7 @@ impl App {
 impl Handler for App {
     fn handle(&self, request: &Request<'_>, response: &mut Response) -> Outcome {
         let started = Instant::now();
+        self.handled.fetch_add(1, Ordering::Relaxed);
         let config = self.config();
         // Looked up once: the param search is a good part of a request's cost.
         let path = path(request);
@@ -170,7 +210,23 @@ impl Handler for App {
             mode: "plain",
             ..Outcomes::default()
         };
-        let result = serve(&config, path, request, response, &mut log);
+        let result = serve(&config, &self.replay, path, request, response, &mut log);
+        // Menu OAuth is admitted (rate limit, own pool) before anything is logged: a refused
+        // GET costs no outbound call and no line of its own (the pool logs a throttled summary).
+        let mut admitted = None;
+        if let Some(job) = &log.oauth {
+            match self.forwarder.oauth.admit(&job.account) {
+                Ok(a) => admitted = Some(a),
+                Err(refusal) => {
+                    fill(response, refusal.answer());
+                    if let Some(counters) = log.counters {
+                        counters.count(response.status());
+                    }
+                    self.metrics.request(status::Reply::Refused, 0);
+                    return Outcome::Done;
+                }
+            }
+        }
         let micros = started.elapsed().as_micros();
         match log.counters {
             Some(counters) => counters.count(response.status()),
@@ -193,8 +249,8 @@ impl Handler for App {
                 "request account={} mode={} type={} event={} rule={} outcome={} status={} user={:08x} us={}",
                 log.account,
                 log.mode,
-                or_dash(log.kind.as_str()),
-                or_dash(log.event.as_str()),
+                LogValue(or_dash(log.kind.as_str())),
+                LogValue(or_dash(log.event.as_str())),
                 or_dash(log.rule),
                 log.outcome,
                 response.status(),
@@ -210,12 +266,12 @@ impl Handler for App {
             ),
         }
         let forwarder = Arc::clone(&self.forwarder);
-        match (log.deferred.take(), log.oauth.take()) {
+        match (log.deferred.take(), log.oauth.take().zip(admitted)) {
             (Some(job), _) => Outcome::Later(Box::new(move |pending| {
                 forwarder.submit(*job, completion(pending))
             })),
-            (None, Some(job)) => Outcome::Later(Box::new(move |pending| {
-                forwarder.submit_oauth(job, completion(pending))
+            (None, Some((job, admitted))) => Outcome::Later(Box::new(move |pending| {
+                forwarder.submit_oauth(job, admitted, completion(pending))
             })),
             (None, None) => Outcome::Done,
         }
@@ -225,16 +281,17 @@ impl Handler for App {
 /// Sends a forwarded request's answer on its deferred FastCGI request. Dropped unanswered, the
 /// `Pending` answers 500 itself.
 fn completion(pending: Pending) -> forward::Complete {
-    Box::new(move |answer: forward::Answer| {
-        pending.finish(|response| {
-            response.set_status(answer.status);
-            response.set_content_type(answer.content_type);
-            for (name, value) in &answer.headers {
-                response.add_header(name, value);
-            }
-            response.body = answer.body;
-        })
-    })
+    Box::new(move |answer: forward::Answer| pending.finish(|response| fill(response, answer)))
+}
+
+/// Puts a forwarded (or refused) request's answer into a FastCGI response.
+fn fill(response: &mut Response, answer: forward::Answer) {
+    response.set_status(answer.status);
+    response.set_content_type(answer.content_type);
+    for (name, value) in &answer.headers {
+        response.add_header(name, value);
+    }
+    response.body = answer.body;
 }
 
 fn or_dash(s: &str) -> &str {
@@ -253,6 +310,7 @@ fn path<'r>(request: &'r Request<'_>) -> &'r str {
 /// Fills `response`; `Err` carries the reason of a refusal (already set as the response).
 fn serve<'c>(
     config: &'c Config,
+    replay: &ReplayCache,
     path: &str,
     request: &Request<'_>,
     response: &mut Response,
@@ -282,9 +340,16 @@ fn serve<'c>(
             if !signed {
                 return refuse(response, 403, "signature mismatch");
             }
+            if !timestamp_fresh(&timestamp, config.timestamp_window) {
+                log.replay = true;
+                return refuse(response, 403, "timestamp outside timestamp_window");
+            }
             let Some(echostr) = query::get(query, "echostr") else {
                 return refuse(response, 400, "GET without echostr");
             };
+            if !echostr_is_token(&echostr) {
+                return refuse(response, 400, "echostr is not a short token");
+            }
             response.set_content_type(TEXT);
             response.body.extend_from_slice(&echostr);
             log.outcome = "echo";
@@ -297,6 +362,26 @@ fn serve<'c>(
             if !timestamp_fresh(&timestamp, config.timestamp_window) {
                 log.replay = true;
                 return refuse(response, 403, "timestamp outside timestamp_window");
+            }
+            // The signature does not cover a plaintext body: it may be used once per body,
+            // within the window (`timestamp_window = 0` turns replay protection off).
+            if config.timestamp_window > 0 {
+                let retry_period = match config.forward.dedup_seconds {
+                    0 => crate::replay::RETRY_PERIOD_WITHOUT_DEDUP,
+                    s => Duration::from_secs(s),
+                };
+                let post = SignedPost {
+                    account: &account.name,
+                    token,
+                    timestamp: &timestamp,
+                    signature: &signature,
+                    body: request.body,
+                };
+                let verdict = replay.check(&post, config.timestamp_window, retry_period);
+                if let Some(reason) = verdict.reason() {
+                    log.replay = true;
+                    return refuse(response, 403, reason);
+                }
             }
             let encrypted = query::get(query, "encrypt_type").as_deref() == Some(b"aes");
             SCRATCH.with(|scratch| {
@@ -341,6 +426,9 @@ fn oauth_redirect<'c>(
     let Some(code) = text("code").filter(|c| !c.is_empty()) else {
         return refuse(response, 400, "OAuth redirect without code");
     };
+    if !oauth_code_well_formed(&code) {
+        return refuse(response, 400, "OAuth code is not a short token");
+    }
     let (Some(app_id), Some(secret)) = (&account.app_id, &account.app_secret) else {
         return refuse(response, 404, "menu OAuth not configured");
     };
@@ -416,6 +504,42 @@ fn browser(request: &Request<'_>) -> forward::oauth::Browser {
     }
 }
 
+/// Every message and event WeChat pushes to an Official Account names its type, the user and
+/// the account. A body without them (a payment notification, an open-platform push, broken
+/// input) is not something the rules can answer: a reply would go to nobody.
+fn user_message(msg: &Message<'_>) -> Result<(), &'static str> {
+    let present = |name| msg.get(name).is_some_and(|v| !v.trim().is_empty());
+    if !present("MsgType") {
+        Err("message without MsgType (not a user message or event)")
+    } else if !present("FromUserName") || !present("ToUserName") {
+        Err("message without FromUserName or ToUserName (not a user message or event)")
+    } else {
+        Ok(())
+    }
+}
+
+/// Longest `echostr` echoed back (WeChat sends a decimal number of up to 20 digits).
+const MAX_ECHOSTR: usize = 128;
+
+/// `echostr` is reflected into the response body, so only a short token is: 1 to
+/// [`MAX_ECHOSTR`] ASCII letters, digits, `-`, `_`, `.` or `~` — no markup, quotes or spaces.
+fn echostr_is_token(echostr: &[u8]) -> bool {
+    !echostr.is_empty()
+        && echostr.len() <= MAX_ECHOSTR
+        && echostr
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+}
+
+/// WeChat's OAuth codes are 32 letters and digits; anything far from that is refused before it
+/// costs an outbound call.
+fn oauth_code_well_formed(code: &str) -> bool {
+    code.len() <= 128
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 fn refuse(response: &mut Response, status: u16, reason: &'static str) -> Result<(), &'static str> {
     response.plain(status, reason);
     response.body.push(b'\n');
@@ -447,6 +571,9 @@ fn post_plain<'c>(
         Ok(m) => m,
         Err(e) => return refuse(response, 400, e.as_str()),
     };
+    if let Err(reason) = user_message(&msg) {
+        return refuse(response, 400, reason);
+    }
     let replied = answer(
         config,
         account,
@@ -522,6 +649,9 @@ fn post_encrypted<'c>(
         Ok(m) => m,
         Err(e) => return refuse(response, 400, e.as_str()),
     };
+    if let Err(reason) = user_message(&msg) {
+        return refuse(response, 400, reason);
+    }
     reply.clear();
     let replied = answer(config, account, &msg, text, reply, log);
     if let Some(job) = &mut log.deferred {
@@ -591,9 +721,9 @@ fn answer<'c>(
         crate::log_debug!(
             "message account={} from={} type={} event={} content={:?}",
             account.name,
-            msg.from_user(),
-            msg.msg_type(),
-            msg.event(),
+            LogValue(msg.from_user()),
+            LogValue(msg.msg_type()),
+            LogValue(msg.event()),
             msg.get("Content").unwrap_or("")
         );
     }

@@ -46,7 +46,10 @@ pub struct ForwardSettings {
     pub slots: usize,
     /// 0 turns de-duplication off.
     pub dedup_seconds: u64,
+    /// No longer used (answers are bounded in bytes by `state_memory_bytes`); still accepted.
     pub dedup_entries: usize,
+    /// Menu OAuth's own pool and rate limit.
+    pub oauth: OAuthSettings,
 }
 
 impl Default for ForwardSettings {
@@ -55,7 +58,23 @@ impl Default for ForwardSettings {
             slots: 8,
             dedup_seconds: 30,
             dedup_entries: 4096,
+            oauth: OAuthSettings::default(),
         }
+    }
+}
+
+/// `oauth_slots`, `oauth_rate`: menu OAuth's pool (see `forward::oauth_pool`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OAuthSettings {
+    /// Threads doing OAuth exchanges; as many more may wait in the queue.
+    pub slots: usize,
+    /// Exchanges per second per account, and the burst.
+    pub rate: u32,
+}
+
+impl Default for OAuthSettings {
+    fn default() -> Self {
+        OAuthSettings { slots: 2, rate: 10 }
     }
 }
 
@@ -114,6 +133,9 @@ pub struct Config {
     pub timestamp_window: u64,
     /// `io_timeout_ms`: read/write timeout on a FastCGI connection (default 5000).
     pub io_timeout: Duration,
+    /// `conn_idle_timeout_ms`: a kept-alive FastCGI connection with no request for this long is
+    /// closed (default 10000: above the shipped nginx snippet's `keepalive_timeout 4s`).
+    pub conn_idle_timeout: Duration,
     /// `text_max_bytes`: text reply Content cap (default 2048).
     pub text_max_bytes: usize,
     /// `log_level`: "error" | "warn" | "info" (default) | "debug".
@@ -122,8 +144,15 @@ pub struct Config {
     pub idle_exit: u64,
     /// `forward_slots` (default 8, 1..=256), `dedup_seconds` (default 30, 0 = off, ..=3600),
     /// `dedup_entries` (default 4096, 16..=1048576): the forward pool and retry table. Fixed at
-    /// start (a reload keeps the running pool).
+    /// start (a reload keeps the running pool). `oauth_slots` (default 2, 1..=64) and
+    /// `oauth_rate` (default 10 per second per account, 1..=10000): menu OAuth's own pool.
     pub forward: ForwardSettings,
+    /// `state_memory_bytes`: byte budget of the in-process state store (kept answers for
+    /// WeChat's retries, …); default 4 MiB, oldest dropped first.
+    pub state_memory_bytes: usize,
+    /// `replay_cache_bytes`: byte budget of the replay cache (signature + body digest of each
+    /// accepted POST for the timestamp window); default 4 MiB.
+    pub replay_cache_bytes: usize,
     /// `api_base` (old name `oauth_api_base`, still accepted): the WeChat API for menu OAuth,
     /// `user_info` and customer-service messages (default `https://api.weixin.qq.com`; https
     /// needs the `tls` cargo feature).
@@ -153,7 +182,10 @@ pub struct RestartSettings {
     max_conns: usize,
     max_body: usize,
     io_timeout: Duration,
+    conn_idle_timeout: Duration,
     forward: ForwardSettings,
+    state_memory_bytes: usize,
+    replay_cache_bytes: usize,
     late: LateSettings,
     shared_state: Option<String>,
 }
@@ -168,6 +200,10 @@ impl RestartSettings {
             ("max_conns", self.max_conns != new.max_conns),
             ("max_body", self.max_body != new.max_body),
             ("io_timeout_ms", self.io_timeout != new.io_timeout),
+            (
+                "conn_idle_timeout_ms",
+                self.conn_idle_timeout != new.conn_idle_timeout,
+            ),
             ("forward_slots", self.forward.slots != new.forward.slots),
             (
                 "dedup_seconds",
@@ -176,6 +212,22 @@ impl RestartSettings {
             (
                 "dedup_entries",
                 self.forward.dedup_entries != new.forward.dedup_entries,
+            ),
+            (
+                "oauth_slots",
+                self.forward.oauth.slots != new.forward.oauth.slots,
+            ),
+            (
+                "oauth_rate",
+                self.forward.oauth.rate != new.forward.oauth.rate,
+            ),
+            (
+                "state_memory_bytes",
+                self.state_memory_bytes != new.state_memory_bytes,
+            ),
+            (
+                "replay_cache_bytes",
+                self.replay_cache_bytes != new.replay_cache_bytes,
             ),
             ("late_keep_hours", self.late.keep != new.late.keep),
             (
@@ -204,7 +256,10 @@ impl Config {
             max_conns: self.max_conns,
             max_body: self.max_body,
             io_timeout: self.io_timeout,
+            conn_idle_timeout: self.conn_idle_timeout,
             forward: self.forward,
+            state_memory_bytes: self.state_memory_bytes,
+            replay_cache_bytes: self.replay_cache_bytes,
             late: self.late.clone(),
             shared_state: self.shared_state.clone(),
         }
@@ -289,8 +344,14 @@ const MAX_MAX_BODY: u64 = 16 * 1024 * 1024;
 const DEFAULT_TIMESTAMP_WINDOW: u64 = 300;
 const DEFAULT_IO_TIMEOUT_MS: u64 = 5000;
 const MIN_IO_TIMEOUT_MS: u64 = 100;
+const DEFAULT_CONN_IDLE_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_TEXT_MAX_BYTES: u64 = crate::wechat::reply::DEFAULT_TEXT_MAX_BYTES as u64;
 const MAX_TEXT_MAX_BYTES: u64 = 65536;
+/// Byte budgets of the in-memory tables: together far below the unit's MemoryMax=32M.
+const DEFAULT_STATE_MEMORY_BYTES: u64 = 4 * 1024 * 1024;
+const DEFAULT_REPLAY_CACHE_BYTES: u64 = 4 * 1024 * 1024;
+const MIN_TABLE_BYTES: u64 = 64 * 1024;
+const MAX_TABLE_BYTES: u64 = 1 << 30;
 /// Most articles a news reply may list (WeChat's limit for event-triggered news).
 const MAX_NEWS_ARTICLES: usize = crate::wechat::reply::MAX_ARTICLES_FOR_EVENT;
 
@@ -364,10 +425,13 @@ impl Config {
             max_body: DEFAULT_MAX_BODY as usize,
             timestamp_window: DEFAULT_TIMESTAMP_WINDOW,
             io_timeout: Duration::from_millis(DEFAULT_IO_TIMEOUT_MS),
+            conn_idle_timeout: Duration::from_millis(DEFAULT_CONN_IDLE_TIMEOUT_MS),
             text_max_bytes: DEFAULT_TEXT_MAX_BYTES as usize,
             log_level: LogLevel::default(),
             idle_exit: 0,
             forward: ForwardSettings::default(),
+            state_memory_bytes: DEFAULT_STATE_MEMORY_BYTES as usize,
+            replay_cache_bytes: DEFAULT_REPLAY_CACHE_BYTES as usize,
             api_base: DEFAULT_API_BASE.to_string(),
             shared_state: None,
             status_path: None,
@@ -693,6 +757,7 @@ const TOP_KEYS: &[&str] = &[
     "max_body",
     "timestamp_window",
     "io_timeout_ms",
+    "conn_idle_timeout_ms",
     "text_max_bytes",
     "log_level",
     "idle_exit",
@@ -701,6 +766,10 @@ const TOP_KEYS: &[&str] = &[
     "dedup_entries",
     "api_base",
     "oauth_api_base",
+    "oauth_slots",
+    "oauth_rate",
+    "state_memory_bytes",
+    "replay_cache_bytes",
     "shared_state",
     "status_path",
     "late_keep_hours",
@@ -731,6 +800,12 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         MIN_IO_TIMEOUT_MS,
         u64::MAX,
     )?;
+    let conn_idle_timeout_ms = top.uint(
+        "conn_idle_timeout_ms",
+        DEFAULT_CONN_IDLE_TIMEOUT_MS,
+        MIN_IO_TIMEOUT_MS,
+        u64::MAX,
+    )?;
     let text_max_bytes = top.usize(
         "text_max_bytes",
         DEFAULT_TEXT_MAX_BYTES,
@@ -756,8 +831,24 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         slots: top.usize("forward_slots", defaults.slots as u64, 1, 256)?,
         dedup_seconds: top.uint("dedup_seconds", defaults.dedup_seconds, 0, 3600)?,
         dedup_entries: top.usize("dedup_entries", defaults.dedup_entries as u64, 16, 1 << 20)?,
+        oauth: OAuthSettings {
+            slots: top.usize("oauth_slots", defaults.oauth.slots as u64, 1, 64)?,
+            rate: top.uint("oauth_rate", defaults.oauth.rate.into(), 1, 10_000)? as u32,
+        },
     };
 
+    let state_memory_bytes = top.usize(
+        "state_memory_bytes",
+        DEFAULT_STATE_MEMORY_BYTES,
+        MIN_TABLE_BYTES,
+        MAX_TABLE_BYTES,
+    )?;
+    let replay_cache_bytes = top.usize(
+        "replay_cache_bytes",
+        DEFAULT_REPLAY_CACHE_BYTES,
+        MIN_TABLE_BYTES,
+        MAX_TABLE_BYTES,
+    )?;
     // `oauth_api_base` is the old name of `api_base`; one of them, not both.
     let api_base_key = match (top.get("api_base"), top.get("oauth_api_base")) {
         (Some(_), Some(v)) => {
@@ -886,10 +977,13 @@ fn read_config(top: &Table<'_>) -> Result<Config, ConfigError> {
         max_body,
         timestamp_window,
         io_timeout: Duration::from_millis(io_timeout_ms),
+        conn_idle_timeout: Duration::from_millis(conn_idle_timeout_ms),
         text_max_bytes,
         log_level,
         idle_exit,
         forward,
+        state_memory_bytes,
+        replay_cache_bytes,
         api_base,
         shared_state,
         status_path,

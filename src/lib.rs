@@ -12,6 +12,8 @@
 //!   target; [`config`] (→ rules, wechat, logger): the TOML configuration.
 //! - [`forward`] (→ config, rules, wechat, state, wxapi): answers from a backend or a program, on its own
 //!   threads; it completes a request through a callback and never sees a FastCGI type.
+//! - [`replay`] (→ state, logger): the replay cache of signed POSTs. [`allocator`]: tuning and
+//!   trimming glibc's malloc.
 //! - [`app`] (→ all of those and the transport): the FastCGI handler that wires a request
 //!   through an account's rules. `main` and [`cli`] on top.
 //!
@@ -21,12 +23,14 @@
 
 pub use fastcgi_responder as fastcgi;
 
+pub mod allocator;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod forward;
 pub mod logger;
 pub mod query;
+pub mod replay;
 pub mod rules;
 pub mod state;
 pub mod status;

@@ -4,7 +4,10 @@
 //! Every layer logs through `log::error!` … `log::debug!` (the FastCGI crate included); the
 //! `log_error!` … `log_debug!` macros of this crate are short names for them.
 
-use std::sync::OnceLock;
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Log verbosity (`log_level` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -99,6 +102,99 @@ thread_local! {
     static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(256));
 }
 
+// ---- Untrusted values in log lines and on terminals; throttled warnings ----
+
+/// A value from a message (MsgType, Event, FromUserName, …) for a `key=value` log line: written
+/// bare when it is a plain word (`text`, `subscribe`, `CLICK`, an OpenID), otherwise quoted
+/// with every quote, backslash, control and other invisible or line-breaking character escaped
+/// as Rust does (`"x status=200\u{1b}"`), as `content=` already is. So a value can neither end
+/// the line nor pass for another field.
+pub struct LogValue<'a>(pub &'a str);
+
+impl fmt::Display for LogValue<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plain = !self.0.is_empty()
+            && self.0.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'@')
+            });
+        if plain {
+            f.write_str(self.0)
+        } else {
+            write!(f, "{:?}", self.0)
+        }
+    }
+}
+
+/// True for characters that move the cursor, end a line, or reorder text on a terminal:
+/// C0/C1 controls (ESC, BEL, NEL, …), LINE/PARAGRAPH SEPARATOR, and the bidirectional controls.
+fn unsafe_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+/// `s` with every character [`unsafe_on_terminal`] written as a Rust escape (`\n`, `\u{1b}`);
+/// everything else, Chinese included, as is. Borrowed when nothing needed escaping.
+pub fn for_terminal(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(unsafe_on_terminal) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if unsafe_on_terminal(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// How often a throttled warning is written at most.
+pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Lets one warning through per interval and counts the rest.
+#[derive(Debug)]
+pub struct Throttle {
+    interval: Duration,
+    /// When the last line was let through, and how many events came since (including it).
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle::new(WARNING_INTERVAL)
+    }
+}
+
+impl Throttle {
+    pub fn new(interval: Duration) -> Throttle {
+        Throttle {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Records one event. `Some(n)`: write the line now, standing for `n` events (this one and
+    /// those suppressed since the previous line); `None`: stay quiet.
+    pub fn hit(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, count) = &mut *state;
+        *count += 1;
+        let due = last.is_none_or(|at| now.saturating_duration_since(at) >= self.interval);
+        if due {
+            *last = Some(now);
+            Some(std::mem::take(count))
+        } else {
+            None
+        }
+    }
+}
+
 #[macro_export]
 macro_rules! log_error { ($($t:tt)*) => { ::log::error!($($t)*) } }
 #[macro_export]
@@ -127,5 +223,60 @@ mod tests {
         assert!(!LOGGER.enabled(&meta("ureq::run")));
         set_level(LogLevel::Info);
         assert!(!LOGGER.enabled(&meta("weixin_fcgi::app")));
+    }
+
+    #[test]
+    fn log_values() {
+        for plain in [
+            "text",
+            "event",
+            "subscribe",
+            "CLICK",
+            "o6_bmjrPTlm6_2sgVt7hMZOPfL2M",
+        ] {
+            assert_eq!(LogValue(plain).to_string(), plain);
+        }
+        let cases = [
+            (
+                "x status=200 user=deadbeef",
+                r#""x status=200 user=deadbeef""#,
+            ),
+            ("a\u{1b}[2Jb", r#""a\u{1b}[2Jb""#),
+            ("\u{7}\u{b}\u{c}", r#""\u{7}\u{b}\u{c}""#),
+            ("a\u{2028}b\u{85}c", r#""a\u{2028}b\u{85}c""#),
+            ("q\"uote\\", r#""q\"uote\\""#),
+            ("line\nbreak\r", r#""line\nbreak\r""#),
+            ("", r#""""#),
+            ("中文", r#""中文""#),
+        ];
+        for (value, logged) in cases {
+            assert_eq!(LogValue(value).to_string(), logged, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn terminal() {
+        assert!(matches!(for_terminal("你好 <b>"), Cow::Borrowed(_)));
+        assert_eq!(
+            for_terminal("a\u{1b}[31mred\u{7}\nnext\u{202e}\u{85}\u{2028}"),
+            r"a\u{1b}[31mred\u{7}\nnext\u{202e}\u{85}\u{2028}"
+        );
+    }
+
+    #[test]
+    fn throttle_writes_one_line_per_interval_with_the_count() {
+        let t0 = Instant::now();
+        let th = Throttle::new(Duration::from_secs(10));
+        assert_eq!(th.hit(t0), Some(1), "the first event is written at once");
+        for i in 1..=999 {
+            assert_eq!(th.hit(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(
+            th.hit(t0 + Duration::from_secs(10)),
+            Some(1000),
+            "the next line stands for everything since"
+        );
+        assert_eq!(th.hit(t0 + Duration::from_secs(11)), None);
+        assert_eq!(th.hit(t0 + Duration::from_secs(30)), Some(2));
     }
 }

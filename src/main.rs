@@ -124,6 +124,8 @@ fn load_config(args: &Args) -> Result<Config, String> {
 fn main() -> ExitCode {
     // SAFETY: first thing in main, before any thread starts.
     let activation = unsafe { listen::take_activation() };
+    // Before any thread starts, as mallopt wants.
+    weixin_fcgi::allocator::init();
     weixin_fcgi::logger::set_level(Default::default());
     let argv: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
@@ -177,6 +179,7 @@ fn run(args: Args, activation: listen::Activation) -> Result<(), String> {
         max_body: config.max_body,
         max_params: 64 * 1024,
         io_timeout: config.io_timeout,
+        idle_timeout: config.conn_idle_timeout,
     };
     // Compared at each SIGHUP: these take effect only after a restart.
     let restart_settings = config.restart_settings();
@@ -207,6 +210,7 @@ fn run(args: Args, activation: listen::Activation) -> Result<(), String> {
             reload_config(&app, args.config.as_ref(), &restart_settings);
         }
         let stats = handle.stats();
+        app.maintain(stats.in_flight == 0);
         if stats.served != last_served {
             last_served = stats.served;
             notify::notify(&format!("STATUS=serving, {} requests", stats.served));

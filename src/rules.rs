@@ -319,7 +319,8 @@ impl Conditions {
         if self.content.is_none() && self.contains.is_none() && self.prefix.is_none() {
             return true;
         }
-        let Some(content) = msg.get("Content") else {
+        // Content belongs to a typed user message: a body without MsgType never matches.
+        let Some(content) = msg.get("Content").filter(|_| !msg.msg_type().is_empty()) else {
             return false;
         };
         self.content.as_ref().is_none_or(|w| content == w)
@@ -782,6 +783,20 @@ mod tests {
         }
         assert!(find_rule(&rules[..3], &msg(&[("MsgType", "image")])).is_none());
         assert!(find_rule(&[], &msg(&[("MsgType", "text")])).is_none());
+    }
+
+    /// Issue 11, finding 10: `Content` alone does not make a user message.
+    #[test]
+    fn content_rules_need_a_msg_type() {
+        for c in [
+            cond(|c| c.content = s("help")),
+            cond(|c| c.contains = s("el")),
+            cond(|c| c.prefix = s("he")),
+        ] {
+            assert!(c.matches(&msg(&[("MsgType", "text"), ("Content", "help")])));
+            assert!(!c.matches(&msg(&[("Content", "help")])));
+            assert!(!c.matches(&msg(&[("MsgType", ""), ("Content", "help")])));
+        }
     }
 
     fn envelope() -> Envelope<'static> {

@@ -530,7 +530,7 @@ fn openmetrics(s: &Snapshot, out: &mut String) {
         out,
         "replay_rejects",
         "counter",
-        "POSTs refused as possible replays (timestamp outside timestamp_window).",
+        "Requests refused as possible replays (timestamp outside timestamp_window, signature reused with another body, or replayed after the retry period).",
     );
     let _ = writeln!(out, "weixin_fcgi_replay_rejects_total {}", s.replay_rejects);
     out.push_str("# EOF\n");

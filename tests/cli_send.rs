@@ -699,3 +699,116 @@ fn bad_replies_exit_1() {
         stderr(&o)
     );
 }
+
+// ---- Issue 11, finding 9 ----
+
+/// A responder that reads the request, then trickles a valid response one byte every 0.5 s.
+fn trickling_responder(socket: &std::path::Path) -> std::thread::JoinHandle<()> {
+    let listener = UnixListener::bind(socket).expect("bind trickling responder");
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        loop {
+            let mut h = [0u8; 8];
+            if conn.read_exact(&mut h).is_err() {
+                return;
+            }
+            let len = usize::from(u16::from_be_bytes([h[4], h[5]]));
+            let mut content = vec![0u8; len + usize::from(h[6])];
+            if conn.read_exact(&mut content).is_err() {
+                return;
+            }
+            if h[1] == 5 && len == 0 {
+                break;
+            }
+        }
+        let body = cgi("success");
+        let mut out = vec![1, 6, 0, 1, 0, body.len() as u8, 0, 0];
+        out.extend_from_slice(&body);
+        // At most 60 bytes (30 s), stopping as soon as the client is gone.
+        for b in out.iter().take(60) {
+            if conn.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    })
+}
+
+/// `--timeout` bounds the whole request, not each read.
+#[test]
+fn timeout_bounds_the_whole_request() {
+    use std::time::{Duration, Instant};
+    let dir = TempDir::new("cli-trickle");
+    let socket = dir.join("trickle.sock");
+    let server = trickling_responder(&socket);
+    let started = Instant::now();
+    let mut child = Command::new(bin())
+        .args(["send", "--timeout", "2", "--token", TOKEN, "--to"])
+        .arg(&socket)
+        .args(["text", "hi"])
+        .env_remove("WEIXIN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run weixin-fcgi send");
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break Some(st);
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = started.elapsed();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    println!("send --timeout 2 against a trickling responder: exited after {took:?}: {err}");
+    let status = status.expect("still running after 10 s with --timeout 2");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert!(err.contains("--timeout reached"), "{err}");
+    server.join().expect("trickling responder");
+}
+
+/// Control characters in a reply are shown escaped; `--raw` prints the bytes as received.
+#[test]
+fn control_bytes_in_replies_are_escaped_unless_raw() {
+    let reply = "<xml><ToUserName><![CDATA[o-test-user]]></ToUserName>\
+                 <FromUserName><![CDATA[gh_test]]></FromUserName><CreateTime>1</CreateTime>\
+                 <MsgType><![CDATA[text]]></MsgType>\
+                 <Content><![CDATA[red\u{1b}[31m bell\u{7} sep\u{2028} rtl\u{202e} nel\u{85} 你好]]></Content></xml>";
+    for raw in [false, true] {
+        let dir = TempDir::new("cli-ctl");
+        let socket = dir.join("fake.sock");
+        let server = fake_responder(&socket, cgi(reply));
+        let mut args = vec!["--to", socket.to_str().expect("utf-8"), "--token", TOKEN];
+        if raw {
+            args.push("--raw");
+        }
+        args.extend_from_slice(&["text", "x"]);
+        let o = send(&args);
+        server.join().expect("fake responder");
+        let out = stdout(&o);
+        assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+        if raw {
+            assert_eq!(o.stdout, reply.as_bytes());
+        } else {
+            for bad in ['\u{1b}', '\u{7}', '\u{2028}', '\u{202e}', '\u{85}'] {
+                assert!(!out.contains(bad), "raw {bad:?} printed:\n{out:?}");
+            }
+            assert!(
+                out.lines().any(|l| l
+                    == r"Content red\u{1b}[31m bell\u{7} sep\u{2028} rtl\u{202e} nel\u{85} 你好"),
+                "{out}"
+            );
+        }
+    }
+}

@@ -11,12 +11,16 @@ use std::path::{Path, PathBuf};
 
 /// Which top-level modules each module may use. `fastcgi` is the transport crate re-exported
 /// by `lib.rs`; `state` (the key/value store; it logs Redis outages) sits at the bottom with
-/// `wechat`, `logger` and `status` (the status page's counters), `wxapi` (the WeChat API
-/// client) on `state`; `config` checks `shared_state` with `state`; `main` and `cli` sit on top.
+/// `wechat`, `logger` and
+/// `allocator` (malloc tuning), `status` (the status page's counters) and `wxapi` (the WeChat
+/// API client) and `replay` (the replay cache) on `state`; `config` checks `shared_state` with
+/// `state`; `main` and `cli` sit on top.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("logger", &[]),
     ("query", &[]),
     ("state", &["logger"]),
+    ("allocator", &[]),
+    ("replay", &["state", "logger"]),
     ("status", &[]),
     ("wechat", &[]),
     ("wxapi", &["state", "wechat", "logger"]),
@@ -31,7 +35,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "app",
         &[
-            "config", "rules", "forward", "wechat", "logger", "query", "state", "wxapi", "fastcgi",
+            "config",
+            "rules",
+            "forward",
+            "wechat",
+            "logger",
+            "query",
+            "state",
+            "wxapi",
+            "fastcgi",
+            "replay",
+            "allocator",
             "status",
         ],
     ),
@@ -44,8 +58,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "main",
         &[
-            "app", "cli", "config", "rules", "forward", "wechat", "logger", "query", "state",
-            "wxapi", "fastcgi",
+            "app",
+            "cli",
+            "config",
+            "rules",
+            "forward",
+            "wechat",
+            "logger",
+            "query",
+            "state",
+            "wxapi",
+            "fastcgi",
+            "allocator",
         ],
     ),
 ];

@@ -125,10 +125,16 @@ fn safe_config(account_extra: &str, rules: &str) -> String {
     )
 }
 
-/// The query WeChat sends in safe/compatible mode for `encrypt`.
+/// The query WeChat sends in safe/compatible mode for `encrypt` (a fresh nonce each time, as
+/// WeChat's: the replay cache refuses a signature reused with another body).
 fn safe_query(encrypt: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let ts = now().to_string();
-    let nonce = "safenonce";
+    let nonce = format!(
+        "safenonce{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let nonce = nonce.as_str();
     format!(
         "signature={}&timestamp={ts}&nonce={nonce}&openid=oUser&encrypt_type=aes&msg_signature={}",
         sign(&[TOKEN, &ts, nonce]),

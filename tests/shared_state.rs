@@ -127,12 +127,13 @@ fn attempt(port: u16, message: &str) -> (u16, Option<String>) {
     }
 }
 
-/// Keys (`KEYS weixin-fcgi:*`) and their remaining TTL in ms, read with the redis crate.
-fn shared_keys(redis: &RedisServer) -> Vec<(String, i64, Vec<u8>)> {
+/// Keys of one kind (`KEYS weixin-fcgi:*:KIND:*`) with their remaining TTL in ms and value,
+/// read with the redis crate.
+fn shared_keys(redis: &RedisServer, kind: &str) -> Vec<(String, i64, Vec<u8>)> {
     let client = redis::Client::open(redis.url()).expect("client");
     let mut c = client.get_connection().expect("connect to redis-server");
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("weixin-fcgi:*")
+        .arg(format!("weixin-fcgi:*:{kind}:*"))
         .query(&mut c)
         .expect("KEYS");
     keys.into_iter()
@@ -155,7 +156,7 @@ fn attempts_alternating_between_instances_reach_a_slow_backend_once() {
     let config = config(&redis.url(), &backend.url("sleep-3000"), 4500);
     let a = start_instance(&config);
     let b = start_instance(&config);
-    let nginx = Nginx::start_upstream(&[&a.socket, &b.socket], true, "");
+    let nginx = Nginx::start_upstream(&[&a.socket, &b.socket], true);
     let port = nginx.port;
     // WeChat retries every 5 s; here every second, with a backend needing 3 s, so that
     // attempts reach both instances while the first is still waiting for the backend.
@@ -243,7 +244,7 @@ fn a_retry_on_the_other_instance_is_answered_from_shared_state() {
 
     // What Redis holds: prefixed keys with a TTL (dedup_seconds, 30 s), no OpenID in a name,
     // the finished reply as value.
-    let keys = shared_keys(&redis);
+    let keys = shared_keys(&redis, "retry");
     assert_eq!(keys.len(), 2, "{keys:?}");
     for (key, ttl, value) in &keys {
         assert!(key.starts_with("weixin-fcgi:test:retry:"), "{key}");
@@ -252,6 +253,47 @@ fn a_retry_on_the_other_instance_is_answered_from_shared_state() {
         assert_eq!(value.first(), Some(&b'R'), "{key}: a finished reply");
         assert!(String::from_utf8_lossy(value).contains("echo: "));
     }
+    // Every signed POST left its replay entry there too, for the timestamp window (300 s).
+    let replay = shared_keys(&redis, "replay");
+    assert_eq!(replay.len(), 3, "{replay:?}");
+    for (key, ttl, _) in &replay {
+        assert!(*ttl > 290_000 && *ttl <= 300_000, "{key} ttl {ttl} ms");
+    }
+}
+
+/// One POST with a given signed query (a replay sends the same query again).
+fn post_query(port: u16, query: &str, body: &str) -> (u16, String) {
+    match try_http(port, "POST", &format!("/weixin?{query}"), body.as_bytes()) {
+        Ok(resp) => (resp.status, resp.text()),
+        Err(e) => panic!("HTTP to nginx failed: {e}"),
+    }
+}
+
+#[test]
+fn a_request_replayed_on_the_other_instance_is_refused() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    // A retry period of 1 s (dedup_seconds), so that the replay comes after it.
+    let config = format!(
+        "dedup_seconds = 1
+{}",
+        config(&redis.url(), &backend.url("ok"), 3000)
+    );
+    let a = start_instance(&config);
+    let b = start_instance(&config);
+    let (nginx_a, nginx_b) = (Nginx::start(&a.socket, true), Nginx::start(&b.socket, true));
+    let query = signed_query(TOKEN);
+    let msg = message("pay 1 yuan");
+    let (status, text) = post_query(nginx_a.port, &query, &msg);
+    assert_eq!(status, 200, "{text}");
+    // The same signature with another body, on B: refused at once.
+    let (status, text) = post_query(nginx_b.port, &query, &message("pay 100 yuan"));
+    assert_eq!(status, 403, "{text}\nB:\n{}", b.stderr());
+    // The same request again on B after the retry period: a replay, refused.
+    std::thread::sleep(Duration::from_millis(1300));
+    let (status, text) = post_query(nginx_b.port, &query, &msg);
+    assert_eq!(status, 403, "{text}\nB:\n{}", b.stderr());
+    assert_eq!(backend.calls().len(), 1, "the backend saw the message once");
 }
 
 #[test]
@@ -286,7 +328,7 @@ fn state_survives_restarting_an_instance_over_a_unix_socket() {
     );
     assert!(a.stderr().contains("result=duplicate-answered-shared"));
     assert!(
-        shared_keys(&redis).is_empty(),
+        shared_keys(&redis, "retry").is_empty(),
         "db=1 was used, not db 0 (KEYS looks at db 0)"
     );
     // A reload cannot move the state elsewhere: it says so and keeps Redis db 1.
@@ -313,7 +355,7 @@ fn redis_stopped_still_answers_with_one_warning_and_comes_back() {
         attempt(nginx.port, &message("up")),
         (200, Some("echo: up".into()))
     );
-    assert_eq!(shared_keys(&redis).len(), 1);
+    assert_eq!(shared_keys(&redis, "retry").len(), 1);
 
     redis.stop();
     for i in 0..4 {
@@ -367,7 +409,7 @@ fn redis_stopped_still_answers_with_one_warning_and_comes_back() {
         "{}",
         a.stderr()
     );
-    let keys = shared_keys(&redis);
+    let keys = shared_keys(&redis, "retry");
     assert_eq!(keys.len(), 1, "the new answer is in Redis again: {keys:?}");
 }
 
@@ -580,7 +622,7 @@ fn redis_store_behaves_like_memory_store() {
     let dead = format!("redis://127.0.0.1:{}/0", free_port());
     let fallback = FallbackStore::new(
         RedisStore::open(&dead).expect("open"),
-        MemoryStore::new(1 << 20),
+        Arc::new(MemoryStore::new(1 << 20)),
         "Redis (dead)".into(),
     );
     assert_eq!(exercise(&fallback, "f"), want);
@@ -655,7 +697,7 @@ fn a_stalled_redis_is_tried_once_per_second_while_memory_answers() {
     let redis = RedisServer::start();
     let store = FallbackStore::new(
         RedisStore::open(&redis.url()).expect("open"),
-        MemoryStore::new(1 << 20),
+        Arc::new(MemoryStore::new(1 << 20)),
         "Redis".into(),
     );
     let key = "weixin-fcgi:t:retry:k";

@@ -7,6 +7,12 @@
 //!   `EPOLLONESHOT`, so whichever worker is free picks it up when the next request arrives.
 //!   Idle connections therefore never pin a worker: a blocking worker-per-connection design
 //!   deadlocks as soon as nginx keeps more connections than there are workers.
+//! - Idle connections do not hold a place for ever: a kept-alive connection with no request
+//!   for `idle_timeout`, or a new one that sent nothing for `io_timeout`, is closed (the
+//!   workers wake at least once a second to look); and when `max_conns` are open, a new
+//!   connection is admitted by closing the connection idle the longest, not refused. Only
+//!   when every open connection is in a request is a new one refused, with one warning per
+//!   10 s saying how many.
 //! - Each worker owns its buffers (read, params, body, output) and reuses them; they grow only
 //!   up to the configured caps.
 //! - Once a request has started, the worker reads the rest of it with a deadline
@@ -42,8 +48,13 @@ pub struct ServerConfig {
     pub max_body: usize,
     /// PARAMS stream cap in bytes; beyond it the connection is closed.
     pub max_params: usize,
-    /// Deadline for reading the rest of a started request, and for writing a response.
+    /// Deadline for reading the rest of a started request, and for writing a response; also
+    /// how long a new connection may stay silent.
     pub io_timeout: Duration,
+    /// A kept-alive connection with no request for this long is closed. Keep it above the
+    /// client's own idle timeout (nginx's upstream `keepalive_timeout`), so that the client,
+    /// which knows when it will reuse a connection, normally closes first.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +65,7 @@ impl Default for ServerConfig {
             max_body: 64 * 1024,
             max_params: 64 * 1024,
             io_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -63,7 +75,15 @@ const READ_BUF: usize = 16 * 1024;
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_WAKE: u64 = 1;
+/// A parked connection's token: `TOKEN_CONN_BASE + slot` in the low 32 bits and the slot's
+/// generation in the high 32, so an event for a connection already closed (by the idle reaper
+/// or to admit a new one) is not taken for the connection now in its slot.
 const TOKEN_CONN_BASE: u64 = 2;
+
+/// How often idle connections are looked for (the longest a worker sleeps in epoll).
+const REAP_EVERY: Duration = Duration::from_secs(1);
+/// At most one "max_conns" warning line per this interval, with a count.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// What the handler did with the request.
 pub enum Outcome {
@@ -102,9 +122,10 @@ impl Pending {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let mut cgi = Vec::with_capacity(response.body.len() + 128);
-        let mut out = Vec::with_capacity(response.body.len() + 160);
-        write_response(&mut out, &mut cgi, self.request_id, response);
+        let mut head = Vec::with_capacity(256);
+        let records = response.body.len() / record::MAX_CONTENT + 4;
+        let mut out = Vec::with_capacity(response.body.len() + 256 + records * 8);
+        write_response(&mut out, &mut head, self.request_id, response);
         let deadline = Instant::now() + self.shared.config.io_timeout;
         let written = write_all(&mut conn, &out, deadline);
         if let Some(request) = self.in_flight.take() {
@@ -198,11 +219,20 @@ struct Shared {
     started: Instant,
     /// Milliseconds since `started` of the last activity.
     last_activity: AtomicU64,
+    /// Milliseconds since `started` when idle connections are next looked for.
+    next_reap: AtomicU64,
+    /// Connections closed to admit a new one at `max_conns`, and new ones refused, since the
+    /// last warning; and when that was (ms since `started`, `u64::MAX` before the first).
+    evicted: AtomicU64,
+    refused: AtomicU64,
+    last_warning: AtomicU64,
 }
 
 #[derive(Default)]
 struct Slab {
     slots: Vec<Option<Parked>>,
+    /// Each slot's generation, bumped whenever the slot is taken (see [`TOKEN_CONN_BASE`]).
+    generations: Vec<u32>,
     free: Vec<usize>,
 }
 
@@ -211,6 +241,18 @@ struct Parked {
     /// Accepted but nothing read yet: the peer connected to send a request (nginx writes it
     /// right after connecting). A stop waits for it instead of closing it unserved.
     fresh: bool,
+    /// When it was parked: idle since then.
+    since: Instant,
+}
+
+/// Whether `stream` has bytes (or a hang-up) waiting to be read right now.
+fn readable(stream: &Stream) -> bool {
+    let mut fds = [PollFd::new(stream, PollFlags::IN)];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    !matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(0))
 }
 
 impl Shared {
@@ -238,20 +280,28 @@ impl Shared {
                 self.close(stream);
                 return;
             }
-            let parked = Parked { stream, fresh };
-            match slab.free.pop() {
+            let parked = Parked {
+                stream,
+                fresh,
+                since: Instant::now(),
+            };
+            let index = match slab.free.pop() {
                 Some(i) => {
                     slab.slots[i] = Some(parked);
                     i
                 }
                 None => {
                     slab.slots.push(Some(parked));
+                    slab.generations.push(0);
                     slab.slots.len() - 1
                 }
-            }
+            };
+            (index, slab.generations[index])
         };
+        let (index, generation) = index;
         // Armed only after the slab holds it, so the worker that gets the event finds it.
-        let data = epoll::EventData::new_u64(TOKEN_CONN_BASE + index as u64);
+        let token = TOKEN_CONN_BASE + index as u64 + (u64::from(generation) << 32);
+        let data = epoll::EventData::new_u64(token);
         let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
         let armed = {
             let slab = self.lock_conns();
@@ -263,17 +313,119 @@ impl Shared {
         };
         if let Err(e) = armed {
             log::warn!("fastcgi: cannot watch a kept-alive connection: {e}");
-            if let Some(p) = self.take_parked(index) {
+            if let Some(p) = self.take_parked(index, generation) {
                 self.close(p.stream);
             }
         }
     }
 
-    fn take_parked(&self, index: usize) -> Option<Parked> {
+    /// Takes the connection parked in slot `index` if it is still the one of `generation`.
+    fn take_parked(&self, index: usize, generation: u32) -> Option<Parked> {
         let mut slab = self.lock_conns();
-        let parked = slab.slots.get_mut(index)?.take()?;
-        slab.free.push(index);
-        Some(parked)
+        if slab.generations.get(index) != Some(&generation) {
+            return None;
+        }
+        take_slot(&mut slab, index)
+    }
+
+    /// Admits a new connection at `max_conns` by closing the one idle the longest (parked,
+    /// nothing waiting to be read). False when every open connection is in a request.
+    fn evict_oldest_idle(&self) -> bool {
+        let oldest = {
+            let mut slab = self.lock_conns();
+            let mut idle: Vec<(Instant, usize)> = (slab.slots.iter().enumerate())
+                .filter_map(|(i, p)| p.as_ref().map(|p| (p.since, i)))
+                .collect();
+            idle.sort_unstable();
+            let found = idle
+                .into_iter()
+                .find(|&(_, i)| (slab.slots[i].as_ref()).is_some_and(|p| !readable(&p.stream)));
+            found.and_then(|(_, i)| take_slot(&mut slab, i))
+        };
+        match oldest {
+            Some(p) => {
+                self.close(p.stream);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes connections idle too long: kept-alive ones after `idle_timeout`, new ones that
+    /// sent nothing after `io_timeout`. Runs at most once per [`REAP_EVERY`], on whichever
+    /// worker wakes first.
+    fn reap_idle(&self) {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let due = self.next_reap.load(Ordering::Relaxed);
+        if now_ms < due
+            || self
+                .next_reap
+                .compare_exchange(
+                    due,
+                    now_ms + REAP_EVERY.as_millis() as u64,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let now = Instant::now();
+        let expired: Vec<Parked> = {
+            let mut slab = self.lock_conns();
+            let mut expired = Vec::new();
+            for i in 0..slab.slots.len() {
+                let Some(p) = &slab.slots[i] else { continue };
+                let limit = if p.fresh {
+                    self.config.io_timeout
+                } else {
+                    self.config.idle_timeout
+                };
+                if now.saturating_duration_since(p.since) >= limit && !readable(&p.stream) {
+                    expired.extend(take_slot(&mut slab, i));
+                }
+            }
+            expired
+        };
+        if !expired.is_empty() {
+            log::debug!(
+                "fastcgi: closed {} connection(s) idle too long",
+                expired.len()
+            );
+        }
+        for p in expired {
+            self.close(p.stream);
+        }
+    }
+
+    /// Counts an eviction or a refusal at `max_conns`; writes one warning line per
+    /// [`WARN_EVERY`] with the counts since the last one.
+    fn note_max_conns(&self, evicted: bool) {
+        let counter = if evicted {
+            &self.evicted
+        } else {
+            &self.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let last = self.last_warning.load(Ordering::Relaxed);
+        let due = last == u64::MAX || now_ms.saturating_sub(last) >= WARN_EVERY.as_millis() as u64;
+        if !due
+            || self
+                .last_warning
+                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let evicted = self.evicted.swap(0, Ordering::Relaxed);
+        let refused = self.refused.swap(0, Ordering::Relaxed);
+        log::warn!(
+            "fastcgi: max_conns ({}) reached: closed {evicted} idle connection(s) to admit new \
+             ones, refused {refused} (every connection in a request) (at most one line per {} s)",
+            self.config.max_conns,
+            WARN_EVERY.as_secs()
+        );
     }
 
     /// Closes the parked connections with nothing to read; returns how many remain (a request,
@@ -290,16 +442,10 @@ impl Shared {
                     remaining += 1;
                     continue;
                 }
-                let mut fds = [PollFd::new(&p.stream, PollFlags::IN)];
-                let zero = rustix::time::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                if matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(0)) {
-                    idle.extend(slab.slots[i].take());
-                    slab.free.push(i);
-                } else {
+                if readable(&p.stream) {
                     remaining += 1;
+                } else {
+                    idle.extend(take_slot(&mut slab, i));
                 }
             }
             idle
@@ -315,6 +461,7 @@ impl Shared {
             let mut slab = self.lock_conns();
             let parked: Vec<Parked> = slab.slots.iter_mut().filter_map(Option::take).collect();
             slab.slots.clear();
+            slab.generations.clear();
             slab.free.clear();
             parked
         };
@@ -322,6 +469,14 @@ impl Shared {
             self.close(p.stream);
         }
     }
+}
+
+/// Empties slot `index`, freeing it under a new generation.
+fn take_slot(slab: &mut Slab, index: usize) -> Option<Parked> {
+    let parked = slab.slots.get_mut(index)?.take()?;
+    slab.generations[index] = slab.generations[index].wrapping_add(1);
+    slab.free.push(index);
+    Some(parked)
 }
 
 /// A running responder.
@@ -392,6 +547,10 @@ impl Server {
             max_conns_reached: AtomicU64::new(0),
             started: Instant::now(),
             last_activity: AtomicU64::new(0),
+            next_reap: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            last_warning: AtomicU64::new(u64::MAX),
         });
         let mut threads = Vec::with_capacity(workers);
         for n in 0..workers {
@@ -498,12 +657,16 @@ impl<H: Handler> Worker<H> {
     }
     fn run(mut self) {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(1);
+        let wake_up = rustix::time::Timespec {
+            tv_sec: REAP_EVERY.as_secs() as _,
+            tv_nsec: 0,
+        };
         loop {
             events.clear();
             match epoll::wait(
                 &self.shared.epoll,
                 rustix::buffer::spare_capacity(&mut events),
-                None,
+                Some(&wake_up),
             ) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
@@ -516,13 +679,17 @@ impl<H: Handler> Worker<H> {
             if self.shared.exiting.load(Ordering::Acquire) {
                 return;
             }
+            if !self.shared.stopping.load(Ordering::Acquire) {
+                self.shared.reap_idle();
+            }
             for event in &events {
                 match event.data.u64() {
                     TOKEN_LISTENER => self.accept_one(),
                     TOKEN_WAKE => {}
                     token => {
-                        let index = (token - TOKEN_CONN_BASE) as usize;
-                        if let Some(parked) = self.shared.take_parked(index) {
+                        let index = ((token & 0xffff_ffff) - TOKEN_CONN_BASE) as usize;
+                        let generation = (token >> 32) as u32;
+                        if let Some(parked) = self.shared.take_parked(index, generation) {
                             self.serve(parked.stream, true, parked.fresh);
                         }
                     }
@@ -548,12 +715,13 @@ impl<H: Handler> Worker<H> {
             self.shared
                 .max_conns_reached
                 .fetch_add(1, Ordering::Relaxed);
-            log::warn!(
-                "fastcgi: refusing a connection: {} already open (raise max_conns?)",
-                open - 1
-            );
-            self.shared.close(stream);
-            return;
+            // Admit it in place of the connection idle the longest, if there is one.
+            let evicted = self.shared.evict_oldest_idle();
+            self.shared.note_max_conns(evicted);
+            if !evicted {
+                self.shared.close(stream);
+                return;
+            }
         }
         self.shared.touch();
         self.serve(stream, false, true);

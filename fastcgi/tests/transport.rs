@@ -91,6 +91,7 @@ fn small() -> ServerConfig {
         max_body: 1024,
         max_params: 4096,
         io_timeout: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(2),
     }
 }
 
@@ -426,7 +427,7 @@ fn deferred_responses_do_not_block_workers() {
 }
 
 #[test]
-fn max_conns_refuses_extra_connections() {
+fn max_conns_admits_a_new_connection_in_place_of_the_oldest_idle_one() {
     let f = start(ServerConfig {
         max_conns: 3,
         ..small()
@@ -437,14 +438,97 @@ fn max_conns_refuses_extra_connections() {
     }
     let stats = f.server.as_ref().unwrap().handle().stats();
     assert_eq!((stats.max_conns, stats.max_conns_reached), (3, 0));
+    // All three are idle between requests: the oldest gives way to the new one.
     let mut extra = f.connect();
-    assert!(client::request(&mut extra, 1, &params("/x"), b"", false).is_err());
+    let r = client::request(&mut extra, 1, &params("/x"), b"new", false).unwrap();
+    assert_eq!(r.body, b"POST new");
+    let mut buf = [0u8; 8];
+    held[0]
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    assert!(
+        matches!(held[0].read(&mut buf), Ok(0) | Err(_)),
+        "the oldest idle connection was closed"
+    );
+    assert_eq!(
+        client::request(&mut held[2], 2, &params("/x"), b"kept", true)
+            .unwrap()
+            .body,
+        b"POST kept"
+    );
     // Counted for the status page.
     let stats = f.server.as_ref().unwrap().handle().stats();
-    assert_eq!((stats.open_conns, stats.max_conns_reached), (3, 1));
-    drop(held);
-    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(stats.max_conns_reached, 1);
+    assert!(stats.open_conns <= 3, "{}", stats.open_conns);
+}
+
+#[test]
+fn max_conns_refuses_when_every_connection_is_in_a_request() {
+    let f = start(ServerConfig {
+        workers: 3,
+        max_conns: 2,
+        io_timeout: Duration::from_secs(2),
+        ..small()
+    });
+    // Two requests started and stalled (half a PARAMS stream): each holds a worker, none idle.
+    let partial = client::encode_request(1, &params("/x"), b"", false);
+    let mut stalled: Vec<UnixStream> = (0..2)
+        .map(|_| {
+            let mut s = f.connect();
+            s.write_all(&partial[..20]).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = f.connect();
+    assert!(client::request(&mut extra, 1, &params("/x"), b"", false).is_err());
+    let stats = f.server.as_ref().unwrap().handle().stats();
+    assert_eq!(stats.max_conns_reached, 1);
+    // Once they time out, connections are admitted again.
+    for s in &mut stalled {
+        let mut buf = [0u8; 8];
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.read(&mut buf);
+    }
     assert_eq!(f.get("/x", b"again").body, b"POST again");
+}
+
+#[test]
+fn idle_connections_are_closed_after_their_timeouts() {
+    let f = start(ServerConfig {
+        io_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(1200),
+        ..small()
+    });
+    let started = std::time::Instant::now();
+    let mut silent = f.connect();
+    let mut kept = f.connect();
+    client::request(&mut kept, 1, &params("/x"), b"", true).unwrap();
+    let closed_after = |s: &mut UnixStream| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 8];
+        assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+        started.elapsed()
+    };
+    // A new connection that sends nothing: io_timeout (+ up to the 1 s reaping period).
+    let silent_after = closed_after(&mut silent);
+    assert!(
+        silent_after < Duration::from_millis(1300 + 500),
+        "{silent_after:?}"
+    );
+    // A kept-alive one after a request: idle_timeout, not io_timeout.
+    let kept_after = closed_after(&mut kept);
+    assert!(
+        kept_after >= Duration::from_millis(1200) && kept_after < Duration::from_millis(2200 + 500),
+        "{kept_after:?}"
+    );
+    // The count drops just after the close the client saw.
+    let handle = f.server.as_ref().unwrap().handle();
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    while handle.stats().open_conns > 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(handle.stats().open_conns, 0);
 }
 
 #[test]

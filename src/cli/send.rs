@@ -14,14 +14,15 @@
 use super::{Args, random_digits, usage_error};
 use crate::config::{Config, DEFAULT_DEMO_TOKEN, check_token};
 use crate::fastcgi::client::{self, Connection};
+use crate::logger::for_terminal;
 use crate::wechat::crypto::{self, AesKey};
 use crate::wechat::message::Message;
 use crate::wechat::reply::write_cdata;
 use crate::wechat::signature::{sign, verify_msg};
 use crate::wechat::unix_time;
-use std::io::Write;
+use std::io::{self, Read, Write};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const HELP: &str = "\
 weixin-fcgi send — play WeChat's server: send a signed (and in safe mode encrypted) callback
@@ -58,8 +59,10 @@ OPTIONS:
     --recognition TEXT   voice: the speech-to-text result
     --media-id ID        image/voice: MediaId
     --pic-url URL        image: PicUrl
-    --timeout SECS       connect/read timeout (default 10)
-    --raw                print the reply body exactly as received
+    --timeout SECS       bound on the whole request: connect, send, and the complete
+                         reply (default 10)
+    --raw                print the reply body exactly as received (otherwise control
+                         characters in the reply are shown escaped, e.g. \u{1b})
     -h, --help           this text
 
 EXIT STATUS:
@@ -528,8 +531,13 @@ fn exchange(
 ) -> Result<Received, Failure> {
     match target {
         Target::FastCgi(addr) => {
-            let mut conn = Connection::connect(addr, timeout)
+            let deadline = Instant::now() + timeout;
+            let conn = connect(addr, deadline)
                 .map_err(|e| failed(format!("cannot connect to {addr}: {e}")))?;
+            let mut conn = Deadline {
+                stream: conn,
+                deadline,
+            };
             let uri = format!("{path}?{query}");
             let length = body.len().to_string();
             let content_type: &[u8] = if method == "POST" { b"text/xml" } else { b"" };
@@ -557,6 +565,78 @@ fn exchange(
                 .map_err(|e| failed(format!("HTTP request to {host_port} failed: {e}")))
         }
     }
+}
+
+/// A stream on which every read and write waits at most until `deadline`, so `--timeout`
+/// bounds the whole exchange, not each read (a peer trickling one byte at a time cannot keep
+/// us waiting).
+struct Deadline<S> {
+    stream: S,
+    deadline: Instant,
+}
+
+impl Deadline<Connection> {
+    /// Arms the stream's timeouts with what is left, or fails once nothing is.
+    fn arm(&self) -> io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "--timeout reached before the whole reply arrived",
+            ));
+        }
+        match &self.stream {
+            Connection::Unix(s) => {
+                s.set_read_timeout(Some(left))?;
+                s.set_write_timeout(Some(left))
+            }
+            Connection::Tcp(s) => {
+                s.set_read_timeout(Some(left))?;
+                s.set_write_timeout(Some(left))
+            }
+        }
+    }
+}
+
+impl Read for Deadline<Connection> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.stream.read(buf)
+    }
+}
+
+impl Write for Deadline<Connection> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm()?;
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// Connects to `unix:PATH`, a path containing `/`, or `host:port` (as
+/// [`Connection::connect`]), a TCP connect bounded by `deadline`.
+fn connect(addr: &str, deadline: Instant) -> io::Result<Connection> {
+    use std::os::unix::net::UnixStream;
+    if let Some(path) = addr.strip_prefix("unix:") {
+        return Ok(Connection::Unix(UnixStream::connect(path)?));
+    }
+    if addr.contains('/') {
+        return Ok(Connection::Unix(UnixStream::connect(addr)?));
+    }
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for sock in std::net::ToSocketAddrs::to_socket_addrs(addr)? {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "--timeout reached"));
+        }
+        match std::net::TcpStream::connect_timeout(&sock, left) {
+            Ok(s) => return Ok(Connection::Tcp(s)),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// One HTTP request (ureq: no proxy, no redirects, the whole exchange under `timeout`).
@@ -603,7 +683,7 @@ fn refused(got: &Received) -> Failure {
         "refused: status {}{}{}",
         got.status,
         if reason.is_empty() { "" } else { ": " },
-        reason
+        for_terminal(reason)
     ))
 }
 
@@ -687,15 +767,20 @@ fn finish_post(
         return Err(failed("malformed reply: no MsgType"));
     }
     if !raw {
-        let mut out = format!("status 200\nmode {mode}\ntype {}\n", reply.msg_type());
+        // Escaped: a reply is untrusted text and must not drive the terminal.
+        let mut out = format!(
+            "status 200\nmode {mode}\ntype {}\n",
+            for_terminal(reply.msg_type())
+        );
         for node in reply.nodes() {
             if node.depth == 0 && node.name == "MsgType" {
                 continue;
             }
             let indent = "  ".repeat(usize::from(node.depth));
+            let name = for_terminal(node.name);
             match &node.value {
-                Some(v) => out.push_str(&format!("{indent}{} {v}\n", node.name)),
-                None => out.push_str(&format!("{indent}{}\n", node.name)),
+                Some(v) => out.push_str(&format!("{indent}{name} {}\n", for_terminal(v))),
+                None => out.push_str(&format!("{indent}{name}\n")),
             }
         }
         print!("{out}");

@@ -6,36 +6,61 @@
 //! EventKey (events):
 //! - while the backend works, the entry is *in flight* and a retry's request is parked on it
 //!   (no thread waits: the deferred FastCGI request itself is stored);
-//! - when the backend answers, every parked request gets the same answer, and the entry keeps
-//!   it for `dedup_seconds` so a later retry is answered at once.
+//! - when the backend answers, every parked request gets the same answer, and the answer is
+//!   kept in the state [`Store`] for `dedup_seconds` so a later retry is answered at once.
 //!
-//! Bounded: at most `dedup_entries` finished entries (the oldest go first), plus the in-flight
-//! ones, which are bounded by the number of forward slots. Lookups are one `HashMap` access;
-//! expiry pops a queue ordered by completion time.
+//! Bounded: in-flight entries (process-local: they hold the parked requests) are bounded by
+//! the number of forward slots, each with at most [`MAX_WAITERS`] requests; finished answers
+//! live in the store, which is bounded in bytes (`state_memory_bytes`) and drops the oldest
+//! first. Lookups are one `HashMap` access each.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use crate::logger::Throttle;
+use crate::state::{Store, StoreError};
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Most requests parked on one in-flight entry (WeChat sends three tries in all).
 pub const MAX_WAITERS: usize = 8;
 
-/// The de-duplication table. `W` is a parked request, `A` a (cheaply cloned) answer.
+/// An answer as kept in the store.
+pub trait StoredAnswer: Sized {
+    fn encode(&self) -> Vec<u8>;
+    /// `None` for bytes this type did not write.
+    fn decode(bytes: &[u8]) -> Option<Self>;
+}
+
+/// A reply (`Some(xml)`) or no reply (`None`): a tag byte, then the XML.
+impl StoredAnswer for Arc<Option<Vec<u8>>> {
+    fn encode(&self) -> Vec<u8> {
+        match self.as_ref() {
+            None => vec![0],
+            Some(xml) => {
+                let mut out = Vec::with_capacity(xml.len() + 1);
+                out.push(1);
+                out.extend_from_slice(xml);
+                out
+            }
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        match bytes.split_first()? {
+            (0, []) => Some(Arc::new(None)),
+            (1, xml) => Some(Arc::new(Some(xml.to_vec()))),
+            _ => None,
+        }
+    }
+}
+
+/// The de-duplication table. `W` is a parked request, `A` an answer. Keys are store keys.
 pub struct Table<W, A> {
-    inner: Mutex<Inner<W, A>>,
+    in_flight: Mutex<HashMap<String, Vec<W>>>,
+    store: Arc<dyn Store>,
     ttl: Duration,
-    capacity: usize,
-}
-
-struct Inner<W, A> {
-    map: HashMap<String, Entry<W, A>>,
-    /// Finished entries by completion time (stale pairs are skipped when popped).
-    order: VecDeque<(Instant, String)>,
-}
-
-enum Entry<W, A> {
-    InFlight(Vec<W>),
-    Done(A, Instant),
+    failures: Throttle,
+    answer: PhantomData<fn() -> A>,
 }
 
 /// What [`Table::begin`] decided for a request.
@@ -50,180 +75,151 @@ pub enum Begin<W, A> {
     New(W),
 }
 
-impl<W, A: Clone> Table<W, A> {
-    pub fn new(ttl: Duration, capacity: usize) -> Self {
+impl<W, A: StoredAnswer> Table<W, A> {
+    /// Answers are kept in `store` for `ttl`.
+    pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
         Table {
-            inner: Mutex::new(Inner {
-                map: HashMap::new(),
-                order: VecDeque::new(),
-            }),
+            in_flight: Mutex::new(HashMap::new()),
+            store,
             ttl,
-            capacity: capacity.max(1),
+            failures: Throttle::default(),
+            answer: PhantomData,
         }
     }
 
-    /// Looks `key` up: answers from a finished entry, parks on an in-flight one, or — when
-    /// `acquire` grants a slot — creates a new in-flight entry.
-    pub fn begin(
-        &self,
-        key: &str,
-        waiter: W,
-        acquire: impl FnOnce() -> bool,
-        now: Instant,
-    ) -> Begin<W, A> {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        self.expire(&mut inner, now);
-        match inner.map.get_mut(key) {
-            Some(Entry::Done(answer, _)) => Begin::Done(answer.clone(), waiter),
-            Some(Entry::InFlight(waiters)) if waiters.len() < MAX_WAITERS => {
+    /// Looks `key` up: parks on an in-flight attempt, answers from a kept answer, or — when
+    /// `acquire` grants a slot — starts a new in-flight attempt.
+    pub fn begin(&self, key: &str, waiter: W, acquire: impl FnOnce() -> bool) -> Begin<W, A> {
+        // Held across the store lookup, so an attempt cannot complete unseen in between.
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        match in_flight.get_mut(key) {
+            Some(waiters) if waiters.len() < MAX_WAITERS => {
                 waiters.push(waiter);
-                Begin::Parked
+                return Begin::Parked;
             }
-            Some(Entry::InFlight(_)) => Begin::Refused(waiter),
-            None if acquire() => {
-                while inner.map.len() >= self.capacity {
-                    let Some((at, old)) = inner.order.pop_front() else {
-                        break;
-                    };
-                    remove_if_done_at(&mut inner.map, &old, at);
+            Some(_) => return Begin::Refused(waiter),
+            None => {}
+        }
+        match self.store.get(key) {
+            Ok(Some(bytes)) => {
+                if let Some(answer) = A::decode(&bytes) {
+                    return Begin::Done(answer, waiter);
                 }
-                inner
-                    .map
-                    .insert(key.to_string(), Entry::InFlight(Vec::new()));
-                Begin::New(waiter)
             }
-            None => Begin::Refused(waiter),
+            Ok(None) => {}
+            Err(e) => self.failed(&e),
+        }
+        if acquire() {
+            in_flight.insert(key.to_string(), Vec::new());
+            Begin::New(waiter)
+        } else {
+            Begin::Refused(waiter)
         }
     }
 
-    /// Stores the answer of the attempt for `key` and returns the requests parked on it.
-    pub fn complete(&self, key: &str, answer: A, now: Instant) -> Vec<W> {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let waiters = match inner.map.insert(key.to_string(), Entry::Done(answer, now)) {
-            Some(Entry::InFlight(w)) => w,
-            _ => Vec::new(),
-        };
-        inner.order.push_back((now, key.to_string()));
-        self.expire(&mut inner, now);
-        waiters
+    /// Keeps the answer of the attempt for `key` and returns the requests parked on it.
+    pub fn complete(&self, key: &str, answer: &A) -> Vec<W> {
+        if let Err(e) = self.store.put(key, &answer.encode(), self.ttl) {
+            self.failed(&e);
+        }
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        in_flight.remove(key).unwrap_or_default()
     }
 
-    /// Number of entries (finished and in flight).
-    pub fn len(&self) -> usize {
-        self.inner
+    /// Attempts in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .map
             .len()
     }
 
-    /// Entries (finished and in flight) and the bytes they hold: keys (stored twice: map and
-    /// expiry queue), `weigh` of each answer, and the fixed size of an entry. Walks the table:
-    /// for the status page, not the request path.
-    pub fn usage(&self, weigh: impl Fn(&A) -> usize) -> (usize, usize) {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let per_entry =
-            std::mem::size_of::<(String, Entry<W, A>)>() + std::mem::size_of::<(Instant, String)>();
-        let bytes = inner
-            .map
-            .iter()
-            .map(|(key, entry)| {
-                let answer = match entry {
-                    Entry::Done(answer, _) => weigh(answer),
-                    Entry::InFlight(waiters) => waiters.len() * std::mem::size_of::<W>(),
-                };
-                per_entry + 2 * key.len() + answer
-            })
-            .sum();
-        (inner.map.len(), bytes)
-    }
-
-    /// True when the table holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn expire(&self, inner: &mut Inner<W, A>, now: Instant) {
-        while let Some((at, _)) = inner.order.front() {
-            let expired = now.saturating_duration_since(*at) >= self.ttl;
-            if !expired && inner.order.len() <= self.capacity {
-                break;
-            }
-            if let Some((at, key)) = inner.order.pop_front() {
-                remove_if_done_at(&mut inner.map, &key, at);
-            }
+    /// The answer is not kept (retries will call the backend again); said once per interval.
+    fn failed(&self, e: &StoreError) {
+        if let Some(count) = self.failures.hit(Instant::now()) {
+            crate::log_warn!(
+                "retry table: {e}; retries may reach the backend again (count={count})"
+            );
         }
-    }
-}
-
-/// Removes `key` if it is the finished entry completed at `at` (not a newer one).
-fn remove_if_done_at<W, A>(map: &mut HashMap<String, Entry<W, A>>, key: &str, at: Instant) {
-    if matches!(map.get(key), Some(Entry::Done(_, t)) if *t == at) {
-        map.remove(key);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::MemoryStore;
 
-    fn table(ttl_s: u64, cap: usize) -> Table<u32, &'static str> {
-        Table::new(Duration::from_secs(ttl_s), cap)
+    type Answer = Arc<Option<Vec<u8>>>;
+
+    fn table(ttl: Duration, budget: usize) -> (Table<u32, Answer>, Arc<MemoryStore>) {
+        let store = Arc::new(MemoryStore::new(budget));
+        (Table::new(Arc::clone(&store) as Arc<dyn Store>, ttl), store)
+    }
+
+    fn answer(s: &str) -> Answer {
+        Arc::new(Some(s.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn answers_round_trip() {
+        for a in [Arc::new(None), answer(""), answer("<xml/>")] {
+            assert_eq!(Answer::decode(&a.encode()), Some(a));
+        }
+        assert_eq!(Answer::decode(b""), None);
+        assert_eq!(Answer::decode(b"\x02x"), None);
+        assert_eq!(Answer::decode(b"\x00x"), None);
     }
 
     #[test]
     fn first_attempt_is_new_retries_park_then_get_the_answer() {
-        let t = table(30, 16);
-        let now = Instant::now();
-        assert!(matches!(t.begin("k", 1, || true, now), Begin::New(1)));
-        assert!(matches!(t.begin("k", 2, || true, now), Begin::Parked));
-        assert!(matches!(t.begin("k", 3, || true, now), Begin::Parked));
-        assert_eq!(t.complete("k", "hi", now), vec![2, 3]);
-        assert!(matches!(
-            t.begin("k", 4, || true, now),
-            Begin::Done("hi", 4)
-        ));
-        // Another key is independent.
-        assert!(matches!(t.begin("j", 5, || true, now), Begin::New(5)));
+        let (t, _) = table(Duration::from_secs(30), 64 * 1024);
+        assert!(matches!(t.begin("k", 1, || true), Begin::New(1)));
+        assert!(matches!(t.begin("k", 2, || true), Begin::Parked));
+        assert!(matches!(t.begin("k", 3, || true), Begin::Parked));
+        assert_eq!(t.complete("k", &answer("hi")), vec![2, 3]);
+        match t.begin("k", 4, || true) {
+            Begin::Done(a, 4) => assert_eq!(a, answer("hi")),
+            _ => panic!("the kept answer"),
+        }
+        assert!(matches!(t.begin("j", 5, || true), Begin::New(5)));
+        assert_eq!(t.in_flight(), 1);
     }
 
     #[test]
     fn no_slot_means_refused_and_no_entry() {
-        let t = table(30, 16);
-        let now = Instant::now();
-        assert!(matches!(t.begin("k", 1, || false, now), Begin::Refused(1)));
-        assert!(t.is_empty());
-        assert!(matches!(t.begin("k", 1, || true, now), Begin::New(1)));
+        let (t, _) = table(Duration::from_secs(30), 64 * 1024);
+        assert!(matches!(t.begin("k", 1, || false), Begin::Refused(1)));
+        assert_eq!(t.in_flight(), 0);
+        assert!(matches!(t.begin("k", 1, || true), Begin::New(1)));
     }
 
     #[test]
     fn waiters_are_bounded() {
-        let t = table(30, 16);
-        let now = Instant::now();
-        assert!(matches!(t.begin("k", 0, || true, now), Begin::New(_)));
+        let (t, _) = table(Duration::from_secs(30), 64 * 1024);
+        assert!(matches!(t.begin("k", 0, || true), Begin::New(_)));
         for i in 0..MAX_WAITERS as u32 {
-            assert!(matches!(t.begin("k", i, || true, now), Begin::Parked));
+            assert!(matches!(t.begin("k", i, || true), Begin::Parked));
         }
-        assert!(matches!(t.begin("k", 99, || true, now), Begin::Refused(99)));
+        assert!(matches!(t.begin("k", 99, || true), Begin::Refused(99)));
     }
 
     #[test]
-    fn entries_expire_after_ttl_and_capacity_is_kept() {
-        let t = table(30, 4);
-        let now = Instant::now();
-        for i in 0..10u32 {
+    fn answers_expire_and_are_bounded_in_bytes() {
+        let (t, store) = table(Duration::from_millis(50), 256 * 1024);
+        let big = "x".repeat(60 * 1024);
+        for i in 0..100u32 {
             let k = format!("k{i}");
-            assert!(matches!(t.begin(&k, i, || true, now), Begin::New(_)));
-            t.complete(&k, "a", now);
-            assert!(t.len() <= 4, "len {}", t.len());
+            assert!(matches!(t.begin(&k, i, || true), Begin::New(_)));
+            t.complete(&k, &answer(&big));
+            assert!(store.bytes() <= 256 * 1024, "{}", store.bytes());
         }
         // The newest survive.
-        assert!(matches!(
-            t.begin("k9", 0, || true, now),
-            Begin::Done("a", 0)
-        ));
-        let later = now + Duration::from_secs(31);
-        assert!(matches!(t.begin("k9", 0, || true, later), Begin::New(0)));
-        assert_eq!(t.len(), 1, "expired entries are gone");
+        assert!(matches!(t.begin("k99", 0, || true), Begin::Done(..)));
+        assert!(matches!(t.begin("k0", 0, || true), Begin::New(_)));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            matches!(t.begin("k98", 0, || true), Begin::New(_)),
+            "expired"
+        );
     }
 }

@@ -35,6 +35,7 @@ pub mod headers;
 pub mod http_loop;
 pub mod late;
 pub mod oauth;
+pub mod oauth_pool;
 pub mod userinfo;
 
 use crate::config::{ForwardSettings, LateSettings};
@@ -150,7 +151,8 @@ impl Job {
         fallback: Option<Vec<u8>>,
         dedup: bool,
     ) -> Job {
-        let key = dedup.then(|| dedup_key(account, msg));
+        // The answer's key in the state store.
+        let key = dedup.then(|| crate::state::key(account, "answer", &dedup_key(account, msg)));
         let (path, body, env) = match &forward.target {
             Target::Http { .. } => (
                 backend::path_for(msg.msg_type(), msg.event()),
@@ -252,24 +254,21 @@ enum Task {
         /// `None` for a job on a `late` rule: its requests wait in the late hub.
         waiter: Option<Waiter>,
     },
-    OAuth {
-        job: Box<oauth::OAuthJob>,
-        complete: Complete,
-    },
 }
 
-/// The forward pool and the de-duplication table.
+/// The forward pool, the de-duplication table, and menu OAuth's own pool.
 pub struct Forwarder {
     settings: ForwardSettings,
     busy: Arc<AtomicUsize>,
     dedup: Arc<Table<Waiter, Shared>>,
-    /// Threads for programs (`exec`), `user_info` lookups and menu OAuth, started as needed
-    /// up to `slots`.
+    /// Threads for programs (`exec`) and `user_info` lookups, started as needed up to `slots`.
     pool: OnceLock<Pool>,
     /// Backend HTTP calls (`url` targets), all on one epoll thread; `None` if it cannot start.
     http: OnceLock<Option<Arc<HttpLoop>>>,
     /// `userInfo` lookups (access tokens and user infos in a byte-bounded store).
     user_info: Arc<userinfo::UserInfo>,
+    /// Separate from the forward slots: unsigned OAuth GETs never starve messages.
+    pub oauth: oauth_pool::OAuthPool,
     /// Forward results and retry-table hits, for the status page.
     metrics: Arc<Metrics>,
     /// Late answers (started with the first message on a `late` rule, which also reads the
@@ -283,13 +282,18 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// `shared`: the store shared with other instances (`shared_state`), if any.
+    /// Finished answers are kept in `store` (bounded in bytes); `shared`: the store shared
+    /// with other instances (`shared_state`), if any.
     pub fn new(
         settings: ForwardSettings,
         late: LateSettings,
+        store: Arc<dyn crate::state::Store>,
         metrics: Arc<Metrics>,
         shared: Option<Arc<dyn crate::state::Store>>,
     ) -> Forwarder {
+        let user_info = Arc::new(userinfo::UserInfo::new(Arc::new(
+            crate::state::MemoryStore::new(userinfo::STORE_BUDGET),
+        )));
         let claims = shared.clone().and_then(|store| {
             // Each waiting attempt holds a slot; finishes come one per slot at a time too.
             let capacity = 4 * settings.slots + 16;
@@ -310,19 +314,18 @@ impl Forwarder {
             late,
             busy: Arc::new(AtomicUsize::new(0)),
             dedup: Arc::new(Table::new(
+                store,
                 Duration::from_secs(settings.dedup_seconds),
-                settings.dedup_entries,
             )),
-            user_info: Arc::new(userinfo::UserInfo::new(Arc::new(
-                crate::state::MemoryStore::new(userinfo::STORE_BUDGET),
-            ))),
+            oauth: oauth_pool::OAuthPool::new(settings.oauth, Arc::clone(&user_info)),
+            user_info,
         }
     }
 
-    /// Entries of the retry table and the bytes they hold (see [`Table::usage`]).
-    pub fn retry_table_usage(&self) -> (usize, usize) {
-        self.dedup
-            .usage(|answer| answer.as_ref().as_ref().map_or(0, Vec::len))
+    /// Attempts of the retry table in flight (their answers, once finished, are in the state
+    /// store: see `App`'s status page).
+    pub fn retry_in_flight(&self) -> usize {
+        self.dedup.in_flight()
     }
 
     /// Whether jobs should carry a de-duplication key.
@@ -383,7 +386,7 @@ impl Forwarder {
             return;
         }
         let waiter = match &job.key {
-            Some(key) => match self.dedup.begin(key, waiter, acquire, Instant::now()) {
+            Some(key) => match self.dedup.begin(key, waiter, acquire) {
                 Begin::Done(answer, waiter) => {
                     self.metrics.retry_hit();
                     crate::log_info!(
@@ -438,9 +441,7 @@ impl Forwarder {
             waiter,
         }) {
             // Cannot happen while busy <= slots; answer rather than drop.
-            let Task::Message { job, waiter } = *task else {
-                return;
-            };
+            let Task::Message { job, waiter } = *task;
             let result = Ok(Err("forward queue full".to_string()));
             let ctx = (&*self.busy, &*self.dedup, &*self.metrics);
             complete(&job, waiter, result, Instant::now(), ctx);
@@ -484,29 +485,14 @@ impl Forwarder {
         );
     }
 
-    /// Completes a menu OAuth redirect on a forward thread; 503 at once when every slot is busy.
-    pub fn submit_oauth(&self, job: Box<oauth::OAuthJob>, complete: Complete) {
-        let slots = self.settings.slots;
-        let acquired = self
-            .busy
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < slots).then_some(n + 1)
-            })
-            .is_ok();
-        if !acquired {
-            crate::log_warn!(
-                "oauth account={} result=error reason=\"all forward slots busy\"",
-                job.account
-            );
-            complete(Answer::plain(503, "busy, try again\n"));
-            return;
-        }
-        if let Err(task) = self.send_task(Task::OAuth { job, complete }) {
-            self.busy.fetch_sub(1, Ordering::AcqRel);
-            if let Task::OAuth { complete, .. } = *task {
-                complete(Answer::plain(503, "busy, try again\n"));
-            }
-        }
+    /// Completes an admitted menu OAuth redirect on the OAuth pool (see [`oauth_pool`]).
+    pub fn submit_oauth(
+        &self,
+        job: Box<oauth::OAuthJob>,
+        admitted: oauth_pool::Admitted,
+        complete: Complete,
+    ) {
+        self.oauth.submit(job, admitted, complete);
     }
 
     /// Queues `task` for a pool thread, starting one when every started thread is busy.
@@ -522,14 +508,16 @@ impl Forwarder {
                 queued: Arc::new(AtomicUsize::new(0)),
             }
         });
+        // Counted before it is sent: a thread may take it (and count it off) at once.
+        let queued = pool.queued.fetch_add(1, Ordering::AcqRel) + 1;
         if let Err(
             std::sync::mpsc::TrySendError::Full(task)
             | std::sync::mpsc::TrySendError::Disconnected(task),
         ) = pool.tx.try_send(task)
         {
+            pool.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(Box::new(task));
         }
-        let queued = pool.queued.fetch_add(1, Ordering::AcqRel) + 1;
         let threads = pool.threads.load(Ordering::Acquire);
         if queued > pool.idle.load(Ordering::Acquire) && threads < self.settings.slots {
             pool.threads.fetch_add(1, Ordering::AcqRel);
@@ -553,7 +541,7 @@ impl Forwarder {
     }
 }
 
-/// The threads for programs, `user_info` lookups and OAuth, and their queue.
+/// The threads for programs and `user_info` lookups, and their queue.
 struct Pool {
     tx: SyncSender<Task>,
     rx: Arc<Mutex<Receiver<Task>>>,
@@ -593,11 +581,6 @@ fn forward_thread(
         queued.fetch_sub(1, Ordering::AcqRel);
         let (job, waiter) = match task {
             Ok(Task::Message { job, waiter }) => (*job, waiter),
-            Ok(Task::OAuth { job, complete }) => {
-                oauth_task(&job, complete, user_info);
-                ctx.0.fetch_sub(1, Ordering::AcqRel);
-                continue;
-            }
             Err(_) => return,
         };
         let started = Instant::now();
@@ -661,39 +644,6 @@ fn complete(
     };
     busy.fetch_sub(1, Ordering::AcqRel);
     finish_all(dedup, job, waiter, &answer);
-}
-
-fn oauth_task(job: &oauth::OAuthJob, complete: Complete, user_info: &userinfo::UserInfo) {
-    let started = Instant::now();
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| oauth::run(job, user_info)));
-    let ms = started.elapsed().as_millis();
-    match result {
-        Ok(Ok(page)) => {
-            crate::log_info!(
-                "oauth account={} result={} status={} ms={ms}",
-                job.account,
-                page.kind(),
-                page.status
-            );
-            complete(page.into_answer());
-        }
-        Ok(Err(reason)) => {
-            crate::log_warn!(
-                "oauth account={} result=error reason=\"{}\" ms={ms}",
-                job.account,
-                reason.escape_debug()
-            );
-            complete(Answer::plain(502, "OAuth backend unavailable\n"));
-        }
-        Err(_) => {
-            crate::log_error!(
-                "oauth account={} result=error reason=\"internal error\"",
-                job.account
-            );
-            complete(Answer::plain(500, "internal error\n"));
-        }
-    }
 }
 
 /// A new attempt at a message that goes through the claims thread first ([`claim`]).
@@ -764,12 +714,13 @@ impl SharedAttempt {
 
 /// Answers the request and every retry parked on it, and stores the answer (in the shared
 /// store too when this instance claimed the message).
+/// Answers the request and every retry parked on it, and stores the answer.
 fn finish_all(dedup: &Table<Waiter, Shared>, job: &Job, waiter: Waiter, answer: &Shared) {
     if let Some(claimed) = &job.claimed {
         claimed.finish(answer.as_deref());
     }
     let parked = match &job.key {
-        Some(key) => dedup.complete(key, Arc::clone(answer), Instant::now()),
+        Some(key) => dedup.complete(key, answer),
         None => Vec::new(),
     };
     waiter.answer(answer.as_deref());

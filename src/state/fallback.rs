@@ -8,6 +8,7 @@
 //! local: claims and answers are short-lived, and nothing is copied back.
 
 use super::{Store, StoreError};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -17,9 +18,9 @@ pub const RETRY: Duration = Duration::from_secs(1);
 pub const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// `shared` first, `local` when it is unavailable.
-pub struct FallbackStore<S, L> {
+pub struct FallbackStore<S> {
     shared: S,
-    local: L,
+    local: Arc<dyn Store>,
     /// Names the shared store in log lines (e.g. `Redis redis://127.0.0.1:6379/0`).
     name: String,
     epoch: Instant,
@@ -33,8 +34,8 @@ pub struct FallbackStore<S, L> {
     down_since: AtomicU64,
 }
 
-impl<S: Store, L: Store> FallbackStore<S, L> {
-    pub fn new(shared: S, local: L, name: String) -> Self {
+impl<S: Store> FallbackStore<S> {
+    pub fn new(shared: S, local: Arc<dyn Store>, name: String) -> Self {
         FallbackStore {
             shared,
             local,
@@ -59,7 +60,7 @@ impl<S: Store, L: Store> FallbackStore<S, L> {
     fn call<T>(
         &self,
         shared: impl FnOnce(&S) -> Result<T, StoreError>,
-        local: impl FnOnce(&L) -> Result<T, StoreError>,
+        local: impl FnOnce(&dyn Store) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let retry_at = self.retry_at.load(Ordering::Acquire);
         if retry_at != 0 {
@@ -71,14 +72,14 @@ impl<S: Store, L: Store> FallbackStore<S, L> {
                     .is_ok();
             if !probe {
                 self.local_calls.fetch_add(1, Ordering::Relaxed);
-                return local(&self.local);
+                return local(&*self.local);
             }
         }
         match shared(&self.shared) {
             Err(StoreError::Unavailable(reason)) => {
                 self.failed(retry_at == 0, &reason);
                 self.local_calls.fetch_add(1, Ordering::Relaxed);
-                local(&self.local)
+                local(&*self.local)
             }
             // Answered (a value too large is the caller's business, not an outage).
             answered => {
@@ -135,7 +136,7 @@ impl<S: Store, L: Store> FallbackStore<S, L> {
     }
 }
 
-impl<S: Store, L: Store> Store for FallbackStore<S, L> {
+impl<S: Store> Store for FallbackStore<S> {
     fn put_new(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
         self.call(
             |s| s.put_new(key, value, ttl),

@@ -2,7 +2,7 @@
 //! process's own bounded memory; `redis://HOST[:PORT][/DB]` or `redis+unix:///PATH[?db=N]`,
 //! Redis, with that memory answering while Redis is unreachable or slow.
 
-use super::{MemoryStore, Store};
+use super::Store;
 use std::sync::Arc;
 
 /// Checks a `shared_state` URL without connecting: the scheme, and for TCP a loopback or
@@ -88,20 +88,13 @@ fn check_form(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Bytes of this process's memory for state: all of it without `shared_state`, what is
-/// written while Redis is unavailable with it.
-pub const LOCAL_BUDGET: usize = 4 << 20;
-
-/// The process's store for `shared_state`, and whether other instances share it. Without it
-/// (or if Redis cannot be set up, which the config check rules out) a [`MemoryStore`]. With
-/// it, Redis with that memory as fallback, probed once so that an unreachable Redis is
-/// reported at start rather than at the first message that needs it.
-pub fn open(shared_state: Option<&str>) -> (Arc<dyn Store>, bool) {
-    let local = MemoryStore::new(LOCAL_BUDGET);
-    let Some(url) = shared_state else {
-        return (Arc::new(local), false);
-    };
-    match check_url(url).and_then(|()| open_redis(url)) {
+/// With `shared_state`: Redis, with `local` answering while it is unavailable, probed once so
+/// that an unreachable Redis is reported at start rather than at the first request that needs
+/// it. `None` without `shared_state`, or when Redis cannot be set up (ruled out by the config
+/// check; logged).
+pub fn open(shared_state: Option<&str>, local: Arc<dyn Store>) -> Option<Arc<dyn Store>> {
+    let url = shared_state?;
+    match check_url(url).and_then(|()| open_redis(url, local)) {
         Ok(store) => {
             crate::log_info!(
                 "shared state: Redis {} (this instance's memory answers while it is unavailable)",
@@ -109,11 +102,11 @@ pub fn open(shared_state: Option<&str>) -> (Arc<dyn Store>, bool) {
             );
             // Any answer will do: a failure is logged by the fallback.
             let _ = store.get(&super::key("-", "probe", "start"));
-            (store, true)
+            Some(store)
         }
         Err(e) => {
             crate::log_error!("shared_state: {e}; keeping state in this instance's memory only");
-            (Arc::new(local), false)
+            None
         }
     }
 }
@@ -136,8 +129,7 @@ pub fn redacted(url: &str) -> String {
 }
 
 #[cfg(feature = "redis")]
-fn open_redis(url: &str) -> Result<Arc<dyn Store>, String> {
-    let local = MemoryStore::new(LOCAL_BUDGET);
+fn open_redis(url: &str, local: Arc<dyn Store>) -> Result<Arc<dyn Store>, String> {
     let redis = super::redis::RedisStore::open(url)?;
     let name = format!("Redis {}", redis.name());
     Ok(Arc::new(super::fallback::FallbackStore::new(
@@ -146,7 +138,7 @@ fn open_redis(url: &str) -> Result<Arc<dyn Store>, String> {
 }
 
 #[cfg(not(feature = "redis"))]
-fn open_redis(_: &str) -> Result<Arc<dyn Store>, String> {
+fn open_redis(_: &str, _: Arc<dyn Store>) -> Result<Arc<dyn Store>, String> {
     Err(NO_REDIS.into())
 }
 

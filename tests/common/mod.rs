@@ -6,6 +6,7 @@
 //! module is not reported as dead code for the parts one binary leaves out.
 //! Tests needing nginx or cgi-fcgi expect them installed: `bash tests/run.sh` installs them.
 
+pub mod fake_http;
 mod nginx;
 mod process;
 mod redis;

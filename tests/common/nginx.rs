@@ -1,9 +1,10 @@
 //! A real nginx on a free loopback port with the repository's `nginx/weixin.conf` included
-//! verbatim, and an HTTP client (ureq) to talk to it.
+//! verbatim (only its log directory pointed at the test's own) and the `log_format` of
+//! `nginx/weixin-upstream.conf`, and an HTTP client (ureq) to talk to it.
 
 use super::{TempDir, repo, require_tool, wait_for};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -15,7 +16,8 @@ pub fn free_port() -> u16 {
         .expect("port")
 }
 
-/// A real nginx on 127.0.0.1 with the repo's `nginx/weixin.conf` included verbatim and an
+/// A real nginx on 127.0.0.1 with the repo's `nginx/weixin.conf` included verbatim (logs
+/// redirected to its temp dir), the `log_format` of `nginx/weixin-upstream.conf`, and an
 /// upstream `weixin_fcgi` pointing at `socket` (or several, [`Nginx::start_upstream`]).
 pub struct Nginx {
     pub port: u16,
@@ -32,12 +34,32 @@ impl Nginx {
 
     /// Like [`Nginx::start`], with extra directives in the `server {}` block.
     pub fn start_with(socket: &Path, keepalive: bool, extra_server: &str) -> Nginx {
-        Self::start_upstream(&[socket], keepalive, extra_server)
+        Self::start_with_snippets(socket, keepalive, extra_server, &[])
     }
 
-    /// Like [`Nginx::start_with`], with one upstream server per socket: nginx takes them in
-    /// turn (round robin), as for several instances behind one upstream.
-    pub fn start_upstream(sockets: &[&Path], keepalive: bool, extra_server: &str) -> Nginx {
+    /// Like [`Nginx::start_with`], also including the repo's `nginx/NAME` for each of
+    /// `snippets` (e.g. `weixin-oauth.conf`), verbatim but for the log directory.
+    pub fn start_with_snippets(
+        socket: &Path,
+        keepalive: bool,
+        extra_server: &str,
+        snippets: &[&str],
+    ) -> Nginx {
+        Self::start_servers(&[socket], keepalive, extra_server, snippets)
+    }
+
+    /// Like [`Nginx::start`], with one upstream server per socket: nginx takes them in turn
+    /// (round robin), as for several instances behind one upstream.
+    pub fn start_upstream(sockets: &[&Path], keepalive: bool) -> Nginx {
+        Self::start_servers(sockets, keepalive, "", &[])
+    }
+
+    fn start_servers(
+        sockets: &[&Path],
+        keepalive: bool,
+        extra_server: &str,
+        snippets: &[&str],
+    ) -> Nginx {
         require_tool("nginx");
         let dir = TempDir::new("nginx");
         let port = free_port();
@@ -47,7 +69,15 @@ impl Nginx {
         // The snippet says `include fastcgi_params;`, resolved next to nginx.conf, as in /etc/nginx.
         std::fs::copy("/etc/nginx/fastcgi_params", dir.join("fastcgi_params"))
             .expect("/etc/nginx/fastcgi_params (Debian's nginx-common)");
-        let snippet = repo().join("nginx/weixin.conf");
+        let snippet = snippet_copy(&dir, "weixin.conf");
+        let mut extra_server = extra_server.to_string();
+        for name in snippets {
+            extra_server.push_str(&format!(
+                "\n        include {};",
+                snippet_copy(&dir, name).display()
+            ));
+        }
+        let log_format = log_format();
         let keep = if keepalive {
             "keepalive 8; keepalive_timeout 4s;"
         } else {
@@ -63,7 +93,9 @@ pid {dir}/nginx.pid;
 error_log {dir}/logs/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-    access_log off;
+    # Like Debian's nginx.conf: every server logs in nginx's default (combined) format.
+    access_log {dir}/logs/access.log;
+    {log_format}
     client_body_temp_path {dir}/tmp/body;
     fastcgi_temp_path {dir}/tmp/fastcgi;
     proxy_temp_path {dir}/tmp/proxy;
@@ -115,6 +147,11 @@ http {{
         std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default()
     }
 
+    /// nginx's access log (the snippet's location logs here, in its own format).
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("logs/access.log")).unwrap_or_default()
+    }
+
     /// Sends an HTTP request to `path_and_query`.
     pub fn request(&self, method: &str, path_and_query: &str, body: &[u8]) -> HttpResponse {
         http(self.port, method, path_and_query, body)
@@ -126,6 +163,32 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The repo's `nginx/NAME`, copied into `dir` with only `/var/log/nginx/` pointed at
+/// `dir/logs/` (a test must not write to, or need, the system's log directory).
+fn snippet_copy(dir: &TempDir, name: &str) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("nginx").join(name)).expect("nginx snippet");
+    let logs = format!("{}/logs/", dir.path().display());
+    let copy = dir.join(name);
+    std::fs::write(&copy, text.replace("/var/log/nginx/", &logs)).expect("write snippet");
+    copy
+}
+
+/// The `log_format` statement of the repo's `nginx/weixin-upstream.conf`, verbatim (the rest of
+/// that file names the deployment's socket, which the tests replace); empty if it has none.
+fn log_format() -> String {
+    let text = std::fs::read_to_string(repo().join("nginx/weixin-upstream.conf"))
+        .expect("weixin-upstream.conf");
+    let Some(start) = text
+        .lines()
+        .position(|l| l.trim_start().starts_with("log_format "))
+    else {
+        return String::new();
+    };
+    let rest: String = text.lines().skip(start).collect::<Vec<_>>().join("\n");
+    let end = rest.find(';').expect("log_format ends with ;");
+    rest[..=end].to_string()
 }
 
 fn nginx_bin() -> &'static str {

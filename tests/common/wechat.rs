@@ -26,10 +26,16 @@ pub fn sign(parts: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
-/// A query string WeChat would send for a POST to an account with `token`.
+/// A query string WeChat would send for a POST to an account with `token`: a fresh nonce each
+/// time, as WeChat's (the replay cache refuses a signature reused with another body).
 pub fn signed_query(token: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let ts = now().to_string();
-    let nonce = format!("{}", now() % 1_000_000 + 17);
+    let nonce = format!(
+        "{}{:06}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let sig = sign(&[token, &ts, &nonce]);
     format!("signature={sig}&timestamp={ts}&nonce={nonce}&openid=oUser")
 }
