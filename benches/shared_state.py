@@ -98,7 +98,8 @@ def connects(addr):
 
 
 def signed_query():
-    ts, nonce = str(int(time.time())), "12345"
+    # A fresh nonce each time, as WeChat sends: the replay cache refuses a signature reused.
+    ts, nonce = str(int(time.time())), str(int.from_bytes(os.urandom(6), "big"))
     sig = hashlib.sha1("".join(sorted([TOKEN, ts, nonce])).encode()).hexdigest()
     return f"/weixin?signature={sig}&timestamp={ts}&nonce={nonce}"
 
@@ -195,6 +196,17 @@ def run(tmp, procs):
         os.makedirs(os.path.join(tmp, "nginx", sub), exist_ok=True)
     shutil.copy("/etc/nginx/fastcgi_params", os.path.join(tmp, "nginx", "fastcgi_params"))
     user = "user root;" if os.getuid() == 0 else ""
+    # The shipped snippet verbatim but for its log directory, with the shipped log_format (as the
+    # tests' harness does).
+    snippet = os.path.join(tmp, "nginx", "weixin.conf")
+    with open(os.path.join(ROOT, "nginx/weixin.conf")) as f:
+        text = f.read().replace("/var/log/nginx/", f"{tmp}/nginx/logs/")
+    with open(snippet, "w") as f:
+        f.write(text)
+    with open(os.path.join(ROOT, "nginx/weixin-upstream.conf")) as f:
+        upstream_conf = f.read()
+    start = upstream_conf.find("\nlog_format ")
+    log_format = upstream_conf[start:upstream_conf.index(";", start) + 1] if start >= 0 else ""
     nconf = os.path.join(tmp, "nginx", "nginx.conf")
     with open(nconf, "w") as f:
         f.write(f"""{user}
@@ -203,11 +215,12 @@ error_log {tmp}/nginx/logs/error.log warn;
 events {{ worker_connections 256; }}
 http {{
   access_log off;
+  {log_format}
   client_body_temp_path {tmp}/nginx/tmp/body; fastcgi_temp_path {tmp}/nginx/tmp/fcgi;
   proxy_temp_path {tmp}/nginx/tmp/proxy; uwsgi_temp_path {tmp}/nginx/tmp/uwsgi;
   scgi_temp_path {tmp}/nginx/tmp/scgi;
   upstream weixin_fcgi {{ server unix:{sock}; keepalive 8; keepalive_timeout 4s; }}
-  server {{ listen 127.0.0.1:{nginx_port}; include {ROOT}/nginx/weixin.conf; }}
+  server {{ listen 127.0.0.1:{nginx_port}; include {snippet}; }}
 }}
 """)
     procs.start([NGINX, "-p", os.path.join(tmp, "nginx"), "-c", nconf], stdout=subprocess.DEVNULL,

@@ -86,23 +86,24 @@ impl App {
         let metrics = Arc::new(Metrics::default());
         let state = Arc::new(MemoryStore::new(config.state_memory_bytes));
         let replay_store = Arc::new(MemoryStore::new(config.replay_cache_bytes));
-        // With `shared_state`, the replay cache and the claims of retries and late answers go
-        // to Redis, shared with the other instances; the replay store answers while Redis is
-        // unavailable. Finished answers stay in `state` too, for retries on this instance.
-        let shared = crate::state::shared::open(
-            config.shared_state.as_deref(),
-            Arc::clone(&replay_store) as Arc<dyn Store>,
-        );
-        let replay = ReplayCache::new(
-            (shared.clone()).unwrap_or_else(|| Arc::clone(&replay_store) as Arc<dyn Store>),
-        );
+        // With `shared_state` the retry table (claims and answers), the replay cache and late
+        // answers' claims are in Redis, shared with the other instances; each falls back to
+        // its own bounded local store while Redis is unavailable.
+        let shared = crate::state::shared::Shared::open(config.shared_state.as_deref());
+        let backed = |local: &Arc<MemoryStore>| -> Arc<dyn Store> {
+            match &shared {
+                Some(shared) => shared.with_fallback(Arc::clone(local) as Arc<dyn Store>),
+                None => Arc::clone(local) as Arc<dyn Store>,
+            }
+        };
+        let (retry_store, replay) = (backed(&state), ReplayCache::new(backed(&replay_store)));
         App {
             forwarder: Arc::new(Forwarder::new(
                 config.forward,
                 config.late.clone(),
-                Arc::clone(&state) as Arc<dyn Store>,
+                retry_store,
                 Arc::clone(&metrics),
-                shared,
+                shared.is_some(),
             )),
             config: RwLock::new(Arc::new(config)),
             metrics,

@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weixin_fcgi::state::fallback::FallbackStore;
+use weixin_fcgi::state::fallback::{FallbackStore, Health};
 use weixin_fcgi::state::redis::{MAX_VALUE, RedisStore};
 use weixin_fcgi::state::{MemoryStore, Store, StoreError};
 
@@ -231,10 +231,8 @@ fn a_retry_on_the_other_instance_is_answered_from_shared_state() {
         "B answered from Redis:\n{}",
         b.stderr()
     );
-    assert!(
-        b.stderr()
-            .contains("rule=bot result=duplicate-answered-shared")
-    );
+    // B never saw the message before: its retry table found A's answer in Redis.
+    assert!(b.stderr().contains("rule=bot result=duplicate-answered"));
     // Another message is another key.
     assert_eq!(
         attempt(nginx_b.port, &message("twice")),
@@ -242,16 +240,20 @@ fn a_retry_on_the_other_instance_is_answered_from_shared_state() {
     );
     assert_eq!(backend.calls().len(), 2);
 
-    // What Redis holds: prefixed keys with a TTL (dedup_seconds, 30 s), no OpenID in a name,
-    // the finished reply as value.
-    let keys = shared_keys(&redis, "retry");
+    // What Redis holds: prefixed keys with a TTL — the answers for dedup_seconds (30 s), the
+    // claims for timeout_ms + 2 s (5 s) — the finished reply as value.
+    let keys = shared_keys(&redis, "answer");
     assert_eq!(keys.len(), 2, "{keys:?}");
     for (key, ttl, value) in &keys {
-        assert!(key.starts_with("weixin-fcgi:test:retry:"), "{key}");
-        assert!(!key.contains("oUser"), "{key}");
+        assert!(key.starts_with("weixin-fcgi:test:answer:"), "{key}");
         assert!(*ttl > 25_000 && *ttl <= 30_000, "{key} ttl {ttl} ms");
-        assert_eq!(value.first(), Some(&b'R'), "{key}: a finished reply");
+        assert_eq!(value.first(), Some(&1), "{key}: a finished reply");
         assert!(String::from_utf8_lossy(value).contains("echo: "));
+    }
+    let claims = shared_keys(&redis, "claim");
+    assert_eq!(claims.len(), 2, "{claims:?}");
+    for (key, ttl, _) in &claims {
+        assert!(*ttl > 0 && *ttl <= 5_000, "{key} ttl {ttl} ms");
     }
     // Every signed POST left its replay entry there too, for the timestamp window (300 s).
     let replay = shared_keys(&redis, "replay");
@@ -326,9 +328,9 @@ fn state_survives_restarting_an_instance_over_a_unix_socket() {
         "answered from Redis:\n{}",
         a.stderr()
     );
-    assert!(a.stderr().contains("result=duplicate-answered-shared"));
+    assert!(a.stderr().contains("result=duplicate-answered"));
     assert!(
-        shared_keys(&redis, "retry").is_empty(),
+        shared_keys(&redis, "answer").is_empty(),
         "db=1 was used, not db 0 (KEYS looks at db 0)"
     );
     // A reload cannot move the state elsewhere: it says so and keeps Redis db 1.
@@ -355,7 +357,7 @@ fn redis_stopped_still_answers_with_one_warning_and_comes_back() {
         attempt(nginx.port, &message("up")),
         (200, Some("echo: up".into()))
     );
-    assert_eq!(shared_keys(&redis, "retry").len(), 1);
+    assert_eq!(shared_keys(&redis, "answer").len(), 1);
 
     redis.stop();
     for i in 0..4 {
@@ -409,7 +411,7 @@ fn redis_stopped_still_answers_with_one_warning_and_comes_back() {
         "{}",
         a.stderr()
     );
-    let keys = shared_keys(&redis, "retry");
+    let keys = shared_keys(&redis, "answer");
     assert_eq!(keys.len(), 1, "the new answer is in Redis again: {keys:?}");
 }
 
@@ -621,9 +623,9 @@ fn redis_store_behaves_like_memory_store() {
     // Over a dead Redis the fallback answers the same from memory.
     let dead = format!("redis://127.0.0.1:{}/0", free_port());
     let fallback = FallbackStore::new(
-        RedisStore::open(&dead).expect("open"),
+        Arc::new(RedisStore::open(&dead).expect("open")),
         Arc::new(MemoryStore::new(1 << 20)),
-        "Redis (dead)".into(),
+        Health::new("Redis (dead)".into()),
     );
     assert_eq!(exercise(&fallback, "f"), want);
     assert!(fallback.degraded());
@@ -696,9 +698,9 @@ fn connections_received(redis: &RedisServer) -> u64 {
 fn a_stalled_redis_is_tried_once_per_second_while_memory_answers() {
     let redis = RedisServer::start();
     let store = FallbackStore::new(
-        RedisStore::open(&redis.url()).expect("open"),
+        Arc::new(RedisStore::open(&redis.url()).expect("open")),
         Arc::new(MemoryStore::new(1 << 20)),
-        "Redis".into(),
+        Health::new("Redis".into()),
     );
     let key = "weixin-fcgi:t:retry:k";
     assert_eq!(store.put(key, b"in redis", Duration::from_secs(60)), Ok(()));

@@ -126,6 +126,13 @@ impl<W, A: StoredAnswer> Table<W, A> {
         in_flight.remove(key).unwrap_or_default()
     }
 
+    /// Ends the attempt for `key` without keeping an answer (it was answered elsewhere) and
+    /// returns the requests parked on it.
+    pub fn abandon(&self, key: &str) -> Vec<W> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        in_flight.remove(key).unwrap_or_default()
+    }
+
     /// Attempts in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight

@@ -46,7 +46,7 @@ use crate::wechat::message::Message;
 use crate::wechat::reply::{self, Envelope, Limits, Reply};
 use crate::wechat::{Sealer, unix_time};
 use backend::OwnedReply;
-use claim::{ClaimThread, Claimant, Claimed, Claims};
+use claim::{ClaimThread, Claimant, Claims, Keys};
 use dedup::{Begin, Table};
 use http_loop::HttpLoop;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -136,8 +136,6 @@ pub struct Job {
     pub user_info: Option<userinfo::Credentials>,
     /// For a rule with `late`: set by [`Job::with_late`].
     late: Option<Box<late::hub::LateJob>>,
-    /// With `shared_state`: where this attempt's answer replaces its claim.
-    claimed: Option<Claimed>,
 }
 
 impl Job {
@@ -187,7 +185,6 @@ impl Job {
             encrypt: None,
             user_info: None,
             late: None,
-            claimed: None,
         }
     }
 
@@ -282,18 +279,20 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Finished answers are kept in `store` (bounded in bytes); `shared`: the store shared
-    /// with other instances (`shared_state`), if any.
+    /// Finished answers are kept in `store` (bounded in bytes). `shared`: `store` is shared
+    /// with other instances (`shared_state`): claims go there too, and late answers' claims
+    /// and attempt counts.
     pub fn new(
         settings: ForwardSettings,
         late: LateSettings,
         store: Arc<dyn crate::state::Store>,
         metrics: Arc<Metrics>,
-        shared: Option<Arc<dyn crate::state::Store>>,
+        shared: bool,
     ) -> Forwarder {
         let user_info = Arc::new(userinfo::UserInfo::new(Arc::new(
             crate::state::MemoryStore::new(userinfo::STORE_BUDGET),
         )));
+        let shared = shared.then(|| Arc::clone(&store));
         let claims = shared.clone().and_then(|store| {
             // Each waiting attempt holds a slot; finishes come one per slot at a time too.
             let capacity = 4 * settings.slots + 16;
@@ -412,17 +411,15 @@ impl Forwarder {
             None if acquire() => waiter,
             None => return busy(job, waiter, &self.metrics),
         };
-        if let (Some(claims), Some(retry_key)) = (&self.claims, &job.key) {
-            let key = Claims::key(&job.account, retry_key);
+        if let (Some(claims), Some(answer_key)) = (&self.claims, &job.key) {
+            let keys = Keys::new(&job.account, answer_key);
             let ttl = job.forward.timeout + claim::CLAIM_MARGIN;
-            let keep = Duration::from_secs(self.settings.dedup_seconds);
-            job.claimed = Some(Claimed::new(claims.clone(), key.clone(), keep));
             let attempt = Box::new(SharedAttempt {
                 forwarder: Arc::clone(self),
                 job,
                 waiter,
             });
-            return claims.begin(key, ttl, attempt);
+            return claims.begin(keys, ttl, attempt);
         }
         self.dispatch(job, Some(waiter));
     }
@@ -698,27 +695,29 @@ impl Claimant for SharedAttempt {
 }
 
 impl SharedAttempt {
-    /// Frees the slot and answers the attempt and every retry parked on it; the answer is
-    /// another instance's (or a fallback), so nothing goes back to the shared store.
+    /// Frees the slot and answers the attempt and every retry parked on it. Nothing is
+    /// stored: another instance's answer is in the shared store already, and a fallback must
+    /// not become the answer for every instance.
     fn done(self: Box<Self>, answer: Shared) {
         let SharedAttempt {
             forwarder,
-            mut job,
+            job,
             waiter,
         } = *self;
-        job.claimed = None;
         forwarder.busy.fetch_sub(1, Ordering::AcqRel);
-        finish_all(&forwarder.dedup, &job, waiter, &answer);
+        let parked = match &job.key {
+            Some(key) => forwarder.dedup.abandon(key),
+            None => Vec::new(),
+        };
+        waiter.answer(answer.as_deref());
+        for w in parked {
+            w.answer(answer.as_deref());
+        }
     }
 }
 
-/// Answers the request and every retry parked on it, and stores the answer (in the shared
-/// store too when this instance claimed the message).
 /// Answers the request and every retry parked on it, and stores the answer.
 fn finish_all(dedup: &Table<Waiter, Shared>, job: &Job, waiter: Waiter, answer: &Shared) {
-    if let Some(claimed) = &job.claimed {
-        claimed.finish(answer.as_deref());
-    }
     let parked = match &job.key {
         Some(key) => dedup.complete(key, answer),
         None => Vec::new(),

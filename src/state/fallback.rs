@@ -17,14 +17,14 @@ pub const RETRY: Duration = Duration::from_secs(1);
 /// Least time between two warnings about the same outage.
 pub const WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// `shared` first, `local` when it is unavailable.
-pub struct FallbackStore<S> {
-    shared: S,
-    local: Arc<dyn Store>,
+/// Whether the shared store is usable, and the warnings about it. Shared by every
+/// [`FallbackStore`] over the same shared store, so an outage is noticed, skipped and logged
+/// once for all of them.
+pub struct Health {
     /// Names the shared store in log lines (e.g. `Redis redis://127.0.0.1:6379/0`).
     name: String,
     epoch: Instant,
-    /// Milliseconds since `epoch` before which `shared` is not tried; 0 while it is healthy.
+    /// Milliseconds since `epoch` before which the shared store is not tried; 0 while healthy.
     retry_at: AtomicU64,
     /// Milliseconds since `epoch` of the last warning, plus one; 0 before the first.
     warned_at: AtomicU64,
@@ -34,18 +34,16 @@ pub struct FallbackStore<S> {
     down_since: AtomicU64,
 }
 
-impl<S: Store> FallbackStore<S> {
-    pub fn new(shared: S, local: Arc<dyn Store>, name: String) -> Self {
-        FallbackStore {
-            shared,
-            local,
+impl Health {
+    pub fn new(name: String) -> Arc<Health> {
+        Arc::new(Health {
             name,
             epoch: Instant::now(),
             retry_at: AtomicU64::new(0),
             warned_at: AtomicU64::new(0),
             local_calls: AtomicU64::new(0),
             down_since: AtomicU64::new(0),
-        }
+        })
     }
 
     /// True while the shared store is considered unavailable.
@@ -57,42 +55,30 @@ impl<S: Store> FallbackStore<S> {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn call<T>(
-        &self,
-        shared: impl FnOnce(&S) -> Result<T, StoreError>,
-        local: impl FnOnce(&dyn Store) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    /// Whether this call may use the shared store: always while healthy; while down, one
+    /// caller per [`RETRY`] interval. `Some(was_down)` when it may.
+    fn admit(&self) -> Option<bool> {
         let retry_at = self.retry_at.load(Ordering::Acquire);
-        if retry_at != 0 {
-            let now = self.ms();
-            let next = now + RETRY.as_millis() as u64;
-            let probe = now >= retry_at
-                && (self.retry_at)
-                    .compare_exchange(retry_at, next, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok();
-            if !probe {
-                self.local_calls.fetch_add(1, Ordering::Relaxed);
-                return local(&*self.local);
-            }
+        if retry_at == 0 {
+            return Some(false);
         }
-        match shared(&self.shared) {
-            Err(StoreError::Unavailable(reason)) => {
-                self.failed(retry_at == 0, &reason);
-                self.local_calls.fetch_add(1, Ordering::Relaxed);
-                local(&*self.local)
-            }
-            // Answered (a value too large is the caller's business, not an outage).
-            answered => {
-                if retry_at != 0 {
-                    self.recovered();
-                }
-                answered
-            }
+        let now = self.ms();
+        let next = now + RETRY.as_millis() as u64;
+        let probe = now >= retry_at
+            && (self.retry_at)
+                .compare_exchange(retry_at, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        if probe {
+            Some(true)
+        } else {
+            self.local_calls.fetch_add(1, Ordering::Relaxed);
+            None
         }
     }
 
     fn failed(&self, was_healthy: bool, reason: &str) {
         let now = self.ms();
+        self.local_calls.fetch_add(1, Ordering::Relaxed);
         if was_healthy {
             self.down_since.store(now, Ordering::Relaxed);
         }
@@ -108,8 +94,8 @@ impl<S: Store> FallbackStore<S> {
                 .is_ok()
         {
             let meanwhile = match self.local_calls.swap(0, Ordering::Relaxed) {
-                0 => String::new(),
-                n => format!(" ({n} calls answered locally since the last warning)"),
+                0 | 1 => String::new(),
+                n => format!(" ({} calls answered locally since the last warning)", n - 1),
             };
             crate::log_warn!(
                 "shared state: {} unavailable ({reason}); answering from this instance's \
@@ -136,7 +122,52 @@ impl<S: Store> FallbackStore<S> {
     }
 }
 
-impl<S: Store> Store for FallbackStore<S> {
+/// `shared` first, `local` when it is unavailable (as [`Health`] says).
+pub struct FallbackStore {
+    shared: Arc<dyn Store>,
+    local: Arc<dyn Store>,
+    health: Arc<Health>,
+}
+
+impl FallbackStore {
+    pub fn new(shared: Arc<dyn Store>, local: Arc<dyn Store>, health: Arc<Health>) -> Self {
+        FallbackStore {
+            shared,
+            local,
+            health,
+        }
+    }
+
+    /// True while the shared store is considered unavailable.
+    pub fn degraded(&self) -> bool {
+        self.health.degraded()
+    }
+
+    fn call<T>(
+        &self,
+        shared: impl FnOnce(&dyn Store) -> Result<T, StoreError>,
+        local: impl FnOnce(&dyn Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let Some(was_down) = self.health.admit() else {
+            return local(&*self.local);
+        };
+        match shared(&*self.shared) {
+            Err(StoreError::Unavailable(reason)) => {
+                self.health.failed(!was_down, &reason);
+                local(&*self.local)
+            }
+            // Answered (a value too large is the caller's business, not an outage).
+            answered => {
+                if was_down {
+                    self.health.recovered();
+                }
+                answered
+            }
+        }
+    }
+}
+
+impl Store for FallbackStore {
     fn put_new(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
         self.call(
             |s| s.put_new(key, value, ttl),

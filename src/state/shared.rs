@@ -3,6 +3,7 @@
 //! Redis, with that memory answering while Redis is unreachable or slow.
 
 use super::Store;
+use super::fallback::{FallbackStore, Health};
 use std::sync::Arc;
 
 /// Checks a `shared_state` URL without connecting: the scheme, and for TCP a loopback or
@@ -88,26 +89,50 @@ fn check_form(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// With `shared_state`: Redis, with `local` answering while it is unavailable, probed once so
-/// that an unreachable Redis is reported at start rather than at the first request that needs
-/// it. `None` without `shared_state`, or when Redis cannot be set up (ruled out by the config
-/// check; logged).
-pub fn open(shared_state: Option<&str>, local: Arc<dyn Store>) -> Option<Arc<dyn Store>> {
-    let url = shared_state?;
-    match check_url(url).and_then(|()| open_redis(url, local)) {
-        Ok(store) => {
-            crate::log_info!(
-                "shared state: Redis {} (this instance's memory answers while it is unavailable)",
-                redacted(url)
-            );
-            // Any answer will do: a failure is logged by the fallback.
-            let _ = store.get(&super::key("-", "probe", "start"));
-            Some(store)
+/// The store named by `shared_state` (Redis), and one [`Health`] for every use of it.
+pub struct Shared {
+    store: Arc<dyn Store>,
+    health: Arc<Health>,
+}
+
+impl Shared {
+    /// With `shared_state`: the Redis client, probed once so that an unreachable Redis is
+    /// reported at start rather than at the first request that needs it. `None` without
+    /// `shared_state`, or when Redis cannot be set up (ruled out by the config check; logged).
+    pub fn open(shared_state: Option<&str>) -> Option<Shared> {
+        let url = shared_state?;
+        match check_url(url).and_then(|()| open_redis(url)) {
+            Ok(store) => {
+                crate::log_info!(
+                    "shared state: Redis {} (this instance's memory answers while it is \
+                     unavailable)",
+                    redacted(url)
+                );
+                let shared = Shared {
+                    store,
+                    health: Health::new(format!("Redis {}", redacted(url))),
+                };
+                // Any answer will do: a failure is logged.
+                let probe = shared.with_fallback(Arc::new(super::MemoryStore::new(4096)));
+                let _ = probe.get(&super::key("-", "probe", "start"));
+                Some(shared)
+            }
+            Err(e) => {
+                crate::log_error!(
+                    "shared_state: {e}; keeping state in this instance's memory only"
+                );
+                None
+            }
         }
-        Err(e) => {
-            crate::log_error!("shared_state: {e}; keeping state in this instance's memory only");
-            None
-        }
+    }
+
+    /// Redis, with `local` answering while it is unavailable.
+    pub fn with_fallback(&self, local: Arc<dyn Store>) -> Arc<dyn Store> {
+        Arc::new(FallbackStore::new(
+            Arc::clone(&self.store),
+            local,
+            Arc::clone(&self.health),
+        ))
     }
 }
 
@@ -129,16 +154,12 @@ pub fn redacted(url: &str) -> String {
 }
 
 #[cfg(feature = "redis")]
-fn open_redis(url: &str, local: Arc<dyn Store>) -> Result<Arc<dyn Store>, String> {
-    let redis = super::redis::RedisStore::open(url)?;
-    let name = format!("Redis {}", redis.name());
-    Ok(Arc::new(super::fallback::FallbackStore::new(
-        redis, local, name,
-    )))
+fn open_redis(url: &str) -> Result<Arc<dyn Store>, String> {
+    Ok(Arc::new(super::redis::RedisStore::open(url)?))
 }
 
 #[cfg(not(feature = "redis"))]
-fn open_redis(_: &str, _: Arc<dyn Store>) -> Result<Arc<dyn Store>, String> {
+fn open_redis(_: &str) -> Result<Arc<dyn Store>, String> {
     Err(NO_REDIS.into())
 }
 
