@@ -3,7 +3,7 @@
 
 pub mod common;
 use common::*;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,9 +46,35 @@ impl Backend {
 }
 
 fn serve_backend(mut conn: TcpStream, calls: &AtomicUsize, seen: &Mutex<Vec<(String, String)>>) {
-    let Some((path, body)) = read_http_request(&mut conn) else {
-        return;
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
     };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while raw.len() < head_end + len {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let body = String::from_utf8_lossy(&raw[head_end..head_end + len]).to_string();
+    let path = head.split(' ').nth(1).unwrap_or("").to_string();
     calls.fetch_add(1, Ordering::SeqCst);
     seen.lock()
         .expect("seen")

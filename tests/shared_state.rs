@@ -5,8 +5,6 @@
 
 pub mod common;
 use common::*;
-use std::io::Write;
-use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,62 +14,48 @@ use weixin_fcgi::state::{MemoryStore, Store, StoreError};
 
 const TOKEN: &str = "sharedtoken";
 
-/// A go-wx-gateway style backend: `/sleep-MS/msg/text` answers `slow: <Content>` after MS
-/// milliseconds, anything else `echo: <Content>` at once. Records when each call began.
+/// A go-wx-gateway style backend (the harness's fake HTTP server): `/sleep-MS/msg/text`
+/// answers `slow: <Content>` after MS milliseconds, anything else `echo: <Content>` at once.
+/// Records when each call began.
 struct Backend {
-    port: u16,
+    fake: fake_http::Fake,
     calls: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl Backend {
     fn start() -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-        let port = listener.local_addr().expect("addr").port();
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let c = Arc::clone(&calls);
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let c = Arc::clone(&c);
-                std::thread::spawn(move || serve(conn, &c));
-            }
-        });
-        Backend { port, calls }
+        let seen = Arc::clone(&calls);
+        let fake = fake_http::Fake::start(Arc::new(move |path: &str, body: &str| {
+            seen.lock().expect("calls").push(Instant::now());
+            let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            let content = json["Content"].as_str().unwrap_or("");
+            let sleep_ms = path
+                .strip_prefix("/sleep-")
+                .and_then(|p| p.split('/').next())
+                .and_then(|ms| ms.parse::<u64>().ok());
+            let msg = match sleep_ms {
+                Some(ms) => {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    format!("slow: {content}")
+                }
+                None => format!("echo: {content}"),
+            };
+            (
+                200,
+                serde_json::json!({"type": "text", "msg": msg}).to_string(),
+            )
+        }));
+        Backend { fake, calls }
     }
 
     fn url(&self, prefix: &str) -> String {
-        format!("http://127.0.0.1:{}/{prefix}", self.port)
+        format!("http://127.0.0.1:{}/{prefix}", self.fake.port)
     }
 
     fn calls(&self) -> Vec<Instant> {
         self.calls.lock().expect("calls").clone()
     }
-}
-
-fn serve(mut conn: TcpStream, calls: &Mutex<Vec<Instant>>) {
-    let Some((path, body)) = read_http_request(&mut conn) else {
-        return;
-    };
-    calls.lock().expect("calls").push(Instant::now());
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    let content = json["Content"].as_str().unwrap_or("");
-    let sleep_ms = path
-        .strip_prefix("/sleep-")
-        .and_then(|p| p.split('/').next())
-        .and_then(|ms| ms.parse::<u64>().ok());
-    let msg = match sleep_ms {
-        Some(ms) => {
-            std::thread::sleep(Duration::from_millis(ms));
-            format!("slow: {content}")
-        }
-        None => format!("echo: {content}"),
-    };
-    let answer = serde_json::json!({"type": "text", "msg": msg}).to_string();
-    let reply = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{answer}",
-        answer.len()
-    );
-    let _ = conn.write_all(reply.as_bytes());
 }
 
 /// An instance of the binary with `config`, once it uses Redis: on a busy machine its first

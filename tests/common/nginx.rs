@@ -232,42 +232,6 @@ impl HttpResponse {
     }
 }
 
-/// Reads one HTTP/1.1 request from a test backend's connection: its path and body (lossy
-/// UTF-8); `None` when the peer closes or stalls for 5 s first.
-pub fn read_http_request(conn: &mut std::net::TcpStream) -> Option<(String, String)> {
-    use std::io::Read;
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    let head_end = loop {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    while raw.len() < head_end + len {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-    }
-    let body = String::from_utf8_lossy(&raw[head_end..head_end + len]).to_string();
-    let path = head.split(' ').nth(1).unwrap_or("").to_string();
-    Some((path, body))
-}
-
 /// One HTTP request to 127.0.0.1:`port` (`Content-Type: text/xml`, the body as given).
 pub fn http(port: u16, method: &str, path_and_query: &str, body: &[u8]) -> HttpResponse {
     try_http(port, method, path_and_query, body).expect("HTTP request")
