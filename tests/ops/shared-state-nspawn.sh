@@ -11,7 +11,7 @@
 # absent: the fallback answers, but the message is claimed and answered in Redis all the same).
 # Then, with messages sent to the socket by `weixin-fcgi send` inside the container:
 #   no-dropin   the unit as shipped (no TCP/IP): answered, and the journal names Redis and why
-#   tcp         with systemd/shared-state.conf: the message's key appears in Redis with a TTL;
+#   tcp         with systemd/shared-state.conf: the message's answer appears in Redis with a TTL;
 #               systemd-analyze security <= 1.0
 #   unix        shared_state = redis+unix:// and a drop-in with SupplementaryGroups=redis (no
 #               network): the key appears; exposure as without drop-in
@@ -106,7 +106,7 @@ send() { # send: a new text message to the socket; prints the reply's Content
     ct "$EXEC" send -c "$CONFIG" --to /run/weixin-fcgi.sock text "message $N" 2>&1 |
         sed -n 's/^Content //p' || true
 }
-keys() { ct redis-cli --scan --pattern 'weixin-fcgi:e2e:retry:*' | sort; }
+keys() { ct redis-cli --scan --pattern 'weixin-fcgi:e2e:answer:*' | sort; }
 CURSOR=
 journal() { # the service's journal since the last restart_with
     ct journalctl -u weixin-fcgi -o cat --no-pager ${CURSOR:+--after-cursor="$CURSOR"}
