@@ -3,8 +3,6 @@
 
 pub mod common;
 use common::*;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,72 +13,36 @@ const TOKEN: &str = "fwdtoken";
 /// `/ok/...` answers by message type; `/slow/...` after 3 s; `/hang/...` after 30 s;
 /// `/garbage/...` 200 with HTML; `/none/...` 200 empty; `/err/...` 500.
 struct Backend {
-    port: u16,
-    calls: Arc<AtomicUsize>,
+    fake: fake_http::Fake,
     seen: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl Backend {
     fn start() -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-        let port = listener.local_addr().expect("addr").port();
-        let calls = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (c, s) = (Arc::clone(&calls), Arc::clone(&seen));
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (c, s) = (Arc::clone(&c), Arc::clone(&s));
-                std::thread::spawn(move || serve_backend(conn, &c, &s));
-            }
-        });
-        Backend { port, calls, seen }
+        let s = Arc::clone(&seen);
+        let fake = fake_http::Fake::start(Arc::new(move |path: &str, body: &str| {
+            s.lock()
+                .expect("seen")
+                .push((path.to_string(), body.to_string()));
+            answer(path, body)
+        }));
+        Backend { fake, seen }
     }
 
     fn url(&self, prefix: &str) -> String {
-        format!("http://127.0.0.1:{}/{prefix}", self.port)
+        format!("http://127.0.0.1:{}/{prefix}", self.fake.port)
     }
 
     fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
+        self.fake.calls()
     }
 }
 
-fn serve_backend(mut conn: TcpStream, calls: &AtomicUsize, seen: &Mutex<Vec<(String, String)>>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    let head_end = loop {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    while raw.len() < head_end + len {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-    }
-    let body = String::from_utf8_lossy(&raw[head_end..head_end + len]).to_string();
-    let path = head.split(' ').nth(1).unwrap_or("").to_string();
-    calls.fetch_add(1, Ordering::SeqCst);
-    seen.lock()
-        .expect("seen")
-        .push((path.clone(), body.clone()));
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    let (status, answer) = if path.starts_with("/sns/oauth2/access_token?") {
+/// The backend's answer to `path` with `body` (see [`Backend`]).
+fn answer(path: &str, body: &str) -> (u16, String) {
+    let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    if path.starts_with("/sns/oauth2/access_token?") {
         let expected = "appid=wxapp&secret=s3cret%2Bx&code=CODE1&grant_type=authorization_code";
         if path.ends_with(expected) {
             (200, r#"{"access_token":"AT","expires_in":7200,"openid":"oOAuthUser","scope":"snsapi_base"}"#.to_string())
@@ -127,12 +89,7 @@ fn serve_backend(mut conn: TcpStream, calls: &AtomicUsize, seen: &Mutex<Vec<(Str
         (200, String::new())
     } else {
         (500, "oops".to_string())
-    };
-    let reply = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-        answer.len()
-    );
-    let _ = conn.write_all(reply.as_bytes());
+    }
 }
 
 /// A text message with its own MsgId (the de-duplication key).
@@ -493,11 +450,11 @@ fn menu_oauth_exchanges_the_code_and_follows_the_menu_handler() {
     let api = Backend::start();
     let account_keys = format!(
         "app_id = \"wxapp\"\napp_secret = \"s3cret+x\"\nredirect_path = \"/wxoauth\"\nmenu_handler = \"http://127.0.0.1:{}/menu\"\n",
-        api.port
+        api.fake.port
     );
     let config = format!(
         "oauth_api_base = \"http://127.0.0.1:{}\"\n{}",
-        api.port,
+        api.fake.port,
         config_with_rules(TOKEN, &account_keys)
     );
     let r = Responder::start(&config);
