@@ -41,6 +41,8 @@ pub struct App {
     /// cannot push out replay entries, nor the reverse.
     replay: ReplayCache,
     replay_store: Arc<MemoryStore>,
+    /// `shared_state` (Redis), for its health on the status page.
+    shared_state: Option<crate::state::shared::Shared>,
     /// Requests handled, and (requests, store bytes) at the last allocator trim.
     handled: AtomicU64,
     trimmed: Mutex<(u64, usize)>,
@@ -103,8 +105,9 @@ impl App {
                 config.late.clone(),
                 retry_store,
                 Arc::clone(&metrics),
-                shared.is_some(),
+                shared.clone(),
             )),
+            shared_state: shared,
             config: RwLock::new(Arc::new(config)),
             metrics,
             start_time: unix_time(),
@@ -189,6 +192,7 @@ impl App {
         let entries = self.forwarder.retry_in_flight() + self.state.len();
         (snapshot.retry_entries, snapshot.retry_bytes) =
             (entries as u64, self.state.bytes() as u64);
+        snapshot.shared_state_up = self.shared_state.as_ref().map(|s| !s.degraded());
         let mut text = String::new();
         status::render(&snapshot, format, &mut text);
         response.set_content_type(format.content_type());

@@ -183,6 +183,9 @@ pub struct Snapshot {
     pub retry_bytes: u64,
     pub retry_hits: u64,
     pub replay_rejects: u64,
+    /// With `shared_state`: whether Redis answers (`false` while this instance's memory
+    /// answers instead); `None` without it.
+    pub shared_state_up: Option<bool>,
     /// Cumulative counts per bucket (le in microseconds; the last is +Inf), sum and count.
     pub duration_buckets: Vec<(Option<u64>, u64)>,
     pub duration_sum_us: u64,
@@ -326,6 +329,14 @@ fn plain(s: &Snapshot, out: &mut String) {
         s.retry_entries, s.retry_bytes, s.retry_hits
     );
     let _ = writeln!(out, "replay rejects:     {}", s.replay_rejects);
+    if let Some(up) = s.shared_state_up {
+        let state = if up {
+            "up"
+        } else {
+            "unavailable (local memory answers)"
+        };
+        let _ = writeln!(out, "shared state:       {state}");
+    }
     let mean = s.duration_sum_us.checked_div(s.duration_count).unwrap_or(0);
     let _ = writeln!(
         out,
@@ -376,6 +387,7 @@ fn json(s: &Snapshot) -> Value {
         "forward_results": counts(&s.forward),
         "retry_table": { "entries": s.retry_entries, "bytes": s.retry_bytes, "hits": s.retry_hits },
         "replay_rejects": s.replay_rejects,
+        "shared_state_up": s.shared_state_up,
         "request_duration": {
             "count": s.duration_count,
             "sum_us": s.duration_sum_us,
@@ -533,6 +545,15 @@ fn openmetrics(s: &Snapshot, out: &mut String) {
         "Requests refused as possible replays (timestamp outside timestamp_window, signature reused with another body, or replayed after the retry period).",
     );
     let _ = writeln!(out, "weixin_fcgi_replay_rejects_total {}", s.replay_rejects);
+    if let Some(up) = s.shared_state_up {
+        family(
+            out,
+            "shared_state_up",
+            "gauge",
+            "1 while the shared_state Redis answers; 0 while this instance's memory answers instead.",
+        );
+        let _ = writeln!(out, "weixin_fcgi_shared_state_up {}", u8::from(up));
+    }
     out.push_str("# EOF\n");
 }
 

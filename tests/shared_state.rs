@@ -15,8 +15,9 @@ use weixin_fcgi::state::{MemoryStore, Store, StoreError};
 const TOKEN: &str = "sharedtoken";
 
 /// A go-wx-gateway style backend (the harness's fake HTTP server): `/sleep-MS/msg/text`
-/// answers `slow: <Content>` after MS milliseconds, anything else `echo: <Content>` at once.
-/// Records when each call began.
+/// answers `slow: <Content>` after MS milliseconds, anything else `echo: <Content>` at once;
+/// a message `more` is answered `{"type": "none"}` (nothing to say), and `long N` a text of
+/// N bytes: numbered lines `0001 xxxx…` of 20 bytes. Records when each call began.
 struct Backend {
     fake: fake_http::Fake,
     calls: Arc<Mutex<Vec<Instant>>>,
@@ -34,12 +35,16 @@ impl Backend {
                 .strip_prefix("/sleep-")
                 .and_then(|p| p.split('/').next())
                 .and_then(|ms| ms.parse::<u64>().ok());
-            let msg = match sleep_ms {
-                Some(ms) => {
-                    std::thread::sleep(Duration::from_millis(ms));
-                    format!("slow: {content}")
-                }
-                None => format!("echo: {content}"),
+            if let Some(ms) = sleep_ms {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
+            if content == "more" {
+                return (200, r#"{"type": "none"}"#.to_string());
+            }
+            let msg = match (content.strip_prefix("long "), sleep_ms) {
+                (Some(n), _) => long_text(n.parse().unwrap_or(0)),
+                (None, Some(_)) => format!("slow: {content}"),
+                (None, None) => format!("echo: {content}"),
             };
             (
                 200,
@@ -88,12 +93,25 @@ fn config(shared_state: &str, backend_url: &str, timeout_ms: u64) -> String {
     )
 }
 
+/// `bytes` of numbered lines, `0001 xxx…x\n`, 20 bytes each.
+fn long_text(bytes: usize) -> String {
+    (1..=bytes.div_ceil(20))
+        .map(|i| format!("{i:04} {}\n", "x".repeat(14)))
+        .collect::<String>()[..bytes]
+        .to_string()
+}
+
 /// A text message with its own MsgId (the retry key).
 fn message(content: &str) -> String {
+    message_from("oUser", content)
+}
+
+/// A text message of `user` with its own MsgId.
+fn message_from(user: &str, content: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(1);
     let id = 8_100_000_000 + N.fetch_add(1, Ordering::SeqCst) + u64::from(std::process::id());
     format!(
-        "<xml><ToUserName><![CDATA[gh_test]]></ToUserName><FromUserName><![CDATA[oUser]]>\
+        "<xml><ToUserName><![CDATA[gh_test]]></ToUserName><FromUserName><![CDATA[{user}]]>\
          </FromUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[text]]></MsgType>\
          <Content><![CDATA[{content}]]></Content><MsgId>{id}</MsgId></xml>",
         now()
@@ -334,7 +352,10 @@ fn state_survives_restarting_an_instance_over_a_unix_socket() {
 fn redis_stopped_still_answers_with_one_warning_and_comes_back() {
     let mut redis = RedisServer::start();
     let backend = Backend::start();
-    let config = config(&redis.url(), &backend.url("ok"), 3000);
+    let config = format!(
+        "status_path = \"/weixin-status\"\n{}",
+        config(&redis.url(), &backend.url("ok"), 3000)
+    );
     let a = start_instance(&config);
     let nginx = Nginx::start(&a.socket, true);
     assert_eq!(
@@ -342,6 +363,7 @@ fn redis_stopped_still_answers_with_one_warning_and_comes_back() {
         (200, Some("echo: up".into()))
     );
     assert_eq!(shared_keys(&redis, "answer").len(), 1);
+    assert_eq!(shared_state_up(&a), Some(true));
 
     redis.stop();
     for i in 0..4 {
@@ -380,6 +402,18 @@ fn redis_stopped_still_answers_with_one_warning_and_comes_back() {
         (200, Some("echo: local retry".into()))
     );
     assert_eq!(backend.calls().len(), 6);
+    // The status page says so too (the plain page and the OpenMetrics one as well).
+    assert_eq!(shared_state_up(&a), Some(false));
+    let plain = status_page(&a, None);
+    assert!(
+        plain.contains("shared state:       unavailable (local memory answers)"),
+        "{plain}"
+    );
+    let metrics = status_page(&a, Some("--openmetrics"));
+    assert!(
+        metrics.contains("\nweixin_fcgi_shared_state_up 0\n"),
+        "{metrics}"
+    );
 
     redis.restart();
     std::thread::sleep(Duration::from_millis(1200)); // past the 1 s retry interval
@@ -397,6 +431,26 @@ fn redis_stopped_still_answers_with_one_warning_and_comes_back() {
     );
     let keys = shared_keys(&redis, "answer");
     assert_eq!(keys.len(), 1, "the new answer is in Redis again: {keys:?}");
+    assert_eq!(shared_state_up(&a), Some(true));
+}
+
+/// `weixin-fcgi status` of the instance (its `status_path` is /weixin-status) with `format`.
+fn status_page(instance: &Responder, format: Option<&str>) -> String {
+    let out = std::process::Command::new(bin())
+        .args(["status", "--path", "/weixin-status", "--to"])
+        .arg(&instance.socket)
+        .args(format)
+        .output()
+        .expect("weixin-fcgi status");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).expect("UTF-8 status page")
+}
+
+/// `shared_state_up` of the JSON status page.
+fn shared_state_up(instance: &Responder) -> Option<bool> {
+    let page: serde_json::Value =
+        serde_json::from_str(&status_page(instance, Some("--json"))).expect("JSON status page");
+    page["shared_state_up"].as_bool()
 }
 
 #[test]
@@ -778,11 +832,256 @@ fn a_late_rule_counts_wechat_attempts_and_calls_the_backend_once_across_instance
         "B saw A's claim: one backend call\nB:\n{}",
         b.stderr()
     );
-    // The answer is kept on A, the instance that called the backend; the user's next message
-    // there gets it.
+    // A, the instance that called the backend, keeps the answer in Redis; the user's next
+    // message reaches B, and B gives it.
     assert!(wait_for(Duration::from_secs(5), || a
         .stderr()
         .contains("result=kept")));
-    let next = attempt_within(nginx_a.port, &message("hi"), wait);
-    assert_eq!(next, Some((200, Some("slow: slow question".into()))));
+    let kept = shared_lists(&redis, "late-kept");
+    assert_eq!(kept.len(), 1, "one user's list in Redis: {kept:?}");
+    assert!(kept[0].1 > 0, "kept answers expire: {kept:?}");
+    let next = attempt_within(nginx_b.port, &message("more"), wait);
+    assert_eq!(
+        next,
+        Some((200, Some("slow: slow question".into()))),
+        "B:\n{}",
+        b.stderr()
+    );
+    assert!(
+        b.stderr().contains("result=delivered-kept"),
+        "{}",
+        b.stderr()
+    );
+    // Taken once: the list is gone, and neither instance has it to give again.
+    assert!(shared_lists(&redis, "late-kept").is_empty());
+}
+
+/// Lists of one kind (`weixin-fcgi:*:KIND:*`) with their remaining TTL in ms and length.
+fn shared_lists(redis: &RedisServer, kind: &str) -> Vec<(String, i64, usize)> {
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut c = client.get_connection().expect("connect to redis-server");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("weixin-fcgi:*:{kind}:*"))
+        .query(&mut c)
+        .expect("KEYS");
+    keys.into_iter()
+        .map(|k| {
+            let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut c).expect("PTTL");
+            let len: usize = redis::cmd("LLEN").arg(&k).query(&mut c).expect("LLEN");
+            (k, ttl, len)
+        })
+        .collect()
+}
+
+/// A config with one `late = "next_message"` rule to `url`, WeChat's attempts shortened to
+/// `attempt_ms`, and `extra` global keys.
+fn late_config(redis: &RedisServer, url: &str, attempt_ms: u64, extra: &str) -> String {
+    format!(
+        "wechat_attempt_ms = {attempt_ms}\nshared_state = \"{}\"\n{extra}\n{}",
+        redis.url(),
+        config_with_rules(
+            TOKEN,
+            &format!(
+                "[[account.rule]]\nname = \"bot\"\nmsg_type = \"text\"\nreply = {{ type = \
+                 \"forward\", url = \"{url}\", late = \"next_message\", late_timeout_ms = 10000 }}\n"
+            ),
+        )
+    )
+}
+
+#[test]
+fn the_parts_of_a_long_answer_go_out_on_whichever_instance_the_next_messages_reach() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    // Attempts of 2 s: the answer must come within the first 1.5 s to answer the question.
+    let config = late_config(&redis, &backend.url("fast"), 2000, "");
+    let a = start_instance(&config);
+    let b = start_instance(&config);
+    let (nginx_a, nginx_b) = (Nginx::start(&a.socket, true), Nginx::start(&b.socket, true));
+    let wait = Duration::from_millis(2000);
+    // 5,000 bytes in parts of at most 2,048 (the hint included): the first answers the
+    // question on A at once, the rest are kept in Redis.
+    let first = attempt_within(nginx_a.port, &message("long 5000"), wait);
+    let Some((200, Some(first))) = first else {
+        panic!("{first:?}\nA:\n{}", a.stderr());
+    };
+    let hint = "\n（回复任意消息查看后续）";
+    let mut joined = first.strip_suffix(hint).expect("more follows").to_string();
+    assert!(first.len() <= 2048, "{}", first.len());
+    // Next messages alternate B, A, B…: each gets the next part, whichever instance it reaches.
+    let mut parts = 1;
+    for port in [nginx_b.port, nginx_a.port, nginx_b.port, nginx_a.port] {
+        let next = attempt_within(port, &message("more"), wait);
+        let Some((200, Some(part))) = next else {
+            panic!("{next:?}\nA:\n{}\nB:\n{}", a.stderr(), b.stderr());
+        };
+        assert!(part.len() <= 2048, "{}", part.len());
+        parts += 1;
+        match part.strip_suffix(hint) {
+            Some(part) => joined.push_str(part),
+            None => {
+                joined.push_str(&part);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        joined,
+        long_text(5000),
+        "the parts concatenate to the answer"
+    );
+    assert_eq!(parts, 3);
+    assert!(shared_lists(&redis, "late-kept").is_empty());
+}
+
+#[test]
+fn kept_answers_taken_on_another_instance_no_longer_count_against_the_bound() {
+    let redis = RedisServer::start();
+    let backend = Backend::start();
+    // One kept part per account: a bound that counted A's parts taken on B would drop the
+    // second answer.
+    let config = late_config(
+        &redis,
+        &backend.url("sleep-1500"),
+        600,
+        "late_max_answers = 1",
+    );
+    let a = start_instance(&config);
+    let b = start_instance(&config);
+    let (nginx_a, nginx_b) = (Nginx::start(&a.socket, true), Nginx::start(&b.socket, true));
+    let wait = Duration::from_millis(600);
+    for (n, user) in ["oFirst", "oSecond"].into_iter().enumerate() {
+        // Not answered within the attempt: A keeps the answer when it comes.
+        let question = format!("question {n}");
+        assert_eq!(
+            attempt_within(nginx_a.port, &message_from(user, &question), wait),
+            None
+        );
+        assert!(
+            wait_for(Duration::from_secs(5), || count(&a.stderr(), "result=kept")
+                == n + 1),
+            "A:\n{}",
+            a.stderr()
+        );
+        let next = attempt_within(nginx_b.port, &message_from(user, "more"), wait);
+        assert_eq!(next, Some((200, Some(format!("slow: {question}")))));
+    }
+    assert_eq!(count(&a.stderr(), "result=dropped"), 0, "{}", a.stderr());
+}
+
+#[test]
+fn an_answer_kept_while_redis_is_down_is_given_by_its_instance_after_redis_returns() {
+    let mut redis = RedisServer::start();
+    let backend = Backend::start();
+    let config = late_config(&redis, &backend.url("sleep-1500"), 600, "");
+    let a = start_instance(&config);
+    let nginx_a = Nginx::start(&a.socket, true);
+    let wait = Duration::from_millis(600);
+    redis.stop();
+    assert_eq!(
+        attempt_within(nginx_a.port, &message("asked during the outage"), wait),
+        None
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || a
+            .stderr()
+            .contains("result=kept")),
+        "A:\n{}",
+        a.stderr()
+    );
+    redis.restart();
+    // Redis answers again (and has no list): the part kept locally is still given.
+    std::thread::sleep(Duration::from_millis(1200));
+    let next = attempt_within(nginx_a.port, &message("more"), wait);
+    assert_eq!(
+        next,
+        Some((200, Some("slow: asked during the outage".into()))),
+        "A:\n{}",
+        a.stderr()
+    );
+}
+
+#[test]
+fn two_instances_share_one_access_token_from_redis() {
+    let redis = RedisServer::start();
+    // A fake WeChat API: `stable_token` hands out a new token on every call (as WeChat's does
+    // with force_refresh), and `user/info` accepts only the latest, so an instance with a token
+    // of its own would invalidate the other's.
+    let fetches = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&fetches);
+    let api = fake_http::Fake::start(Arc::new(move |path: &str, _body: &str| {
+        if path.starts_with("/cgi-bin/stable_token") {
+            let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+            return (
+                200,
+                format!(r#"{{"access_token":"TOK{n}","expires_in":7200}}"#),
+            );
+        }
+        let latest = format!("access_token=TOK{}&", seen.load(Ordering::SeqCst));
+        if path.starts_with("/cgi-bin/user/info") && path.contains(&latest) {
+            (
+                200,
+                r#"{"subscribe":1,"openid":"oUser","nickname":"Nick"}"#.into(),
+            )
+        } else {
+            (
+                200,
+                r#"{"errcode":40001,"errmsg":"invalid credential"}"#.into(),
+            )
+        }
+    }));
+    let backend = Backend::start();
+    let config = format!(
+        "shared_state = \"{}\"\napi_base = \"http://127.0.0.1:{}\"\ndedup_seconds = 0\n{}",
+        redis.url(),
+        api.port,
+        config_toml(
+            "",
+            TOKEN,
+            "app_id = \"wxapp\"\napp_secret = \"S3cretOfTheApp\"\nuser_info = true",
+            &format!(
+                "[[account.rule]]\nreply = {{ type = \"forward\", url = \"{}\", \
+                 timeout_ms = 3000 }}\n",
+                backend.url("gw")
+            ),
+        )
+    );
+    let a = start_instance(&config);
+    let b = start_instance(&config);
+    let (nginx_a, nginx_b) = (Nginx::start(&a.socket, true), Nginx::start(&b.socket, true));
+    // Different users (each instance looks each one up): A, B, A, B.
+    for (i, port) in [nginx_a.port, nginx_b.port, nginx_a.port, nginx_b.port]
+        .into_iter()
+        .enumerate()
+    {
+        let msg = message_from(&format!("oUser{i}"), &format!("m{i}"));
+        assert_eq!(
+            attempt(port, &msg),
+            (200, Some(format!("echo: m{i}"))),
+            "A:\n{}\nB:\n{}",
+            a.stderr(),
+            b.stderr()
+        );
+    }
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "one token for both instances\nA:\n{}\nB:\n{}",
+        a.stderr(),
+        b.stderr()
+    );
+    // In Redis, with its expiry; the AppSecret is not.
+    let tokens = shared_keys(&redis, "token");
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert!(tokens[0].1 > 0 && tokens[0].1 <= 7_200_000, "{tokens:?}");
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut c = client.get_connection().expect("connect");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).expect("KEYS");
+    for k in keys {
+        let v: Vec<u8> = redis::cmd("DUMP").arg(&k).query(&mut c).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&v).contains("S3cretOfTheApp") && !k.contains("S3cret"),
+            "{k}"
+        );
+    }
 }

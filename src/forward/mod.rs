@@ -276,23 +276,29 @@ pub struct Forwarder {
     claims: Option<ClaimThread>,
     /// With `shared_state`: the shared store, also for late answers' claims and attempt counts.
     shared: Option<Arc<dyn crate::state::Store>>,
+    /// With `shared_state`: Redis, to back the late hub's kept answers with (over their own
+    /// local store, which is the one saved to the state file).
+    shared_state: Option<crate::state::shared::Shared>,
 }
 
 impl Forwarder {
-    /// Finished answers are kept in `store` (bounded in bytes). `shared`: `store` is shared
-    /// with other instances (`shared_state`): claims go there too, and late answers' claims
-    /// and attempt counts.
+    /// Finished answers are kept in `store` (bounded in bytes). With `shared_state`, `store`
+    /// is shared with other instances: claims go there too, and late answers' claims, attempt
+    /// counts and kept parts, and `user_info`'s access tokens.
     pub fn new(
         settings: ForwardSettings,
         late: LateSettings,
         store: Arc<dyn crate::state::Store>,
         metrics: Arc<Metrics>,
-        shared: bool,
+        shared_state: Option<crate::state::shared::Shared>,
     ) -> Forwarder {
-        let user_info = Arc::new(userinfo::UserInfo::new(Arc::new(
-            crate::state::MemoryStore::new(userinfo::STORE_BUDGET),
-        )));
-        let shared = shared.then(|| Arc::clone(&store));
+        let user_info_local: Arc<dyn crate::state::Store> =
+            Arc::new(crate::state::MemoryStore::new(userinfo::STORE_BUDGET));
+        let user_info = Arc::new(userinfo::UserInfo::new(match &shared_state {
+            Some(shared) => shared.with_fallback(user_info_local),
+            None => user_info_local,
+        }));
+        let shared = shared_state.is_some().then(|| Arc::clone(&store));
         let claims = shared.clone().and_then(|store| {
             // Each waiting attempt holds a slot; finishes come one per slot at a time too.
             let capacity = 4 * settings.slots + 16;
@@ -318,6 +324,7 @@ impl Forwarder {
             )),
             oauth: oauth_pool::OAuthPool::new(settings.oauth, Arc::clone(&user_info)),
             user_info,
+            shared_state,
         }
     }
 
@@ -347,17 +354,18 @@ impl Forwarder {
 
     fn hub(&self) -> Arc<late::hub::Hub> {
         Arc::clone(self.hub.get_or_init(|| {
-            // Kept parts get a store of their own, the one saved to the state file; twice the
-            // per-account byte bound covers the store's per-entry overhead.
+            // Kept parts get a local store of their own, the one saved to the state file;
+            // twice the per-account byte bound covers the store's per-entry overhead. With
+            // `shared_state` they go to Redis, and the local store holds only what was kept
+            // while Redis was unavailable.
             let budget = self.late.max_bytes.saturating_mul(2).max(1 << 20);
             let kept = Arc::new(crate::state::MemoryStore::new(budget));
-            // Claims and attempt counts are shared with other instances (`shared_state`); the
-            // kept parts stay with the instance that called the backend.
+            // Claims and attempt counts are shared with other instances (`shared_state`).
             let store: Arc<dyn crate::state::Store> = match &self.shared {
                 Some(shared) => Arc::clone(shared),
                 None => Arc::new(crate::state::MemoryStore::new(LATE_STORE_BYTES)),
             };
-            late::hub::Hub::new(self.late.clone(), store, kept)
+            late::hub::Hub::new(self.late.clone(), store, kept, self.shared_state.as_ref())
         }))
     }
 

@@ -90,6 +90,8 @@ fn check_form(url: &str) -> Result<(), String> {
 }
 
 /// The store named by `shared_state` (Redis), and one [`Health`] for every use of it.
+/// Cloning is cheap: the clones share the client and the health.
+#[derive(Clone)]
 pub struct Shared {
     store: Arc<dyn Store>,
     health: Arc<Health>,
@@ -124,6 +126,11 @@ impl Shared {
                 None
             }
         }
+    }
+
+    /// True while Redis is considered unavailable (local memory answers).
+    pub fn degraded(&self) -> bool {
+        self.health.degraded()
     }
 
     /// Redis, with `local` answering while it is unavailable.

@@ -22,10 +22,18 @@
 //! # State
 //! Claims, attempt counts, "still running" markers and given replies live in the shared
 //! [`Store`] (short-lived); kept parts in the kept store (a list per user, expiring
-//! `late_keep_hours` after the last addition), which is the one saved to the state file. Keys
-//! come from [`state::key`], so a Redis store serves several instances unchanged. Requests
-//! waiting for an answer are process-local (they are open FastCGI requests). Kept parts are
-//! bounded per account in count and bytes (in this process).
+//! `late_keep_hours` after the last addition). Keys come from [`state::key`], so a Redis
+//! store serves several instances unchanged. Requests waiting for an answer are process-local
+//! (they are open FastCGI requests).
+//!
+//! Without `shared_state` the kept store is a local [`MemoryStore`], the one saved to the
+//! state file. With it, kept parts go to Redis, so the user's next message gets them on any
+//! instance; the local store then holds only what was kept while Redis was unavailable (and
+//! what the state file had), and is taken from first.
+//!
+//! Kept parts are bounded per account in count and bytes, counted by each instance for what
+//! it kept. Other instances take parts this one kept without it seeing: at the bound, the
+//! count is checked against the store ([`Hub::recount`]) before anything is dropped.
 
 use super::persist::Persister;
 use crate::config::LateSettings as Settings;
@@ -57,6 +65,8 @@ const DONE_TTL: Duration = Duration::from_secs(20);
 const PUSH_QUEUE: usize = 256;
 /// Timeout of one WeChat API exchange.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
+/// Least time between two recounts of kept parts against the shared store.
+const RECOUNT_EVERY: Duration = Duration::from_secs(5);
 /// The customer-service message API.
 const CUSTOM_SEND: &str = "/cgi-bin/message/custom/send";
 
@@ -179,7 +189,12 @@ struct Push {
 pub struct Hub {
     settings: Settings,
     store: Arc<dyn Store>,
+    /// Where kept parts go: the local store, or Redis backed by it (`shared_state`).
     kept: Arc<dyn Store>,
+    /// With `shared_state`: the local store under `kept`, taken from first.
+    leftovers: Option<Arc<MemoryStore>>,
+    /// Unix seconds of the last [`Hub::recount`] (at most one per [`RECOUNT_EVERY`]).
+    recounted: AtomicU64,
     persister: Option<Persister>,
     /// Waiting requests by kept-list key (account + user).
     waiting: Mutex<HashMap<String, Vec<Live>>>,
@@ -197,9 +212,16 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub over `store` (claims, markers) with kept parts in `kept`; with a state file in
-    /// `settings`, `kept` is loaded from it now and saved whenever it changes.
-    pub fn new(settings: Settings, store: Arc<dyn Store>, kept: Arc<MemoryStore>) -> Arc<Hub> {
+    /// A hub over `store` (claims, markers) with kept parts in `local`, or with `shared` in
+    /// Redis backed by `local`. With a state file in `settings`, `local` is loaded from it now
+    /// and saved whenever it changes.
+    pub fn new(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        local: Arc<MemoryStore>,
+        shared: Option<&crate::state::shared::Shared>,
+    ) -> Arc<Hub> {
+        let kept = local;
         let persister = settings.state_file.as_ref().map(|path| {
             match kept.load(path) {
                 Ok(n) => {
@@ -212,13 +234,23 @@ impl Hub {
             }
             Persister::start(Arc::clone(&kept), path.clone())
         });
+        let ledger = Mutex::new(ledger_of(&kept));
+        let (kept, leftovers): (Arc<dyn Store>, _) = match shared {
+            Some(shared) => (
+                shared.with_fallback(Arc::clone(&kept) as Arc<dyn Store>),
+                Some(kept),
+            ),
+            None => (kept, None),
+        };
         let hub = Arc::new_cyclic(|me| Hub {
             me: me.clone(),
             full_warning: RateLimited::default(),
-            ledger: Mutex::new(ledger_of(&kept)),
+            ledger,
             settings,
             store,
             kept,
+            leftovers,
+            recounted: AtomicU64::new(0),
             persister,
             waiting: Mutex::new(HashMap::new()),
             timers: Timers::default(),
@@ -515,18 +547,13 @@ impl Hub {
         let items: Vec<Vec<u8>> = parts.iter().filter_map(to_item).collect();
         let bytes: usize = items.iter().map(Vec::len).sum();
         let now = Instant::now();
+        let prefix = state::key(account, "late-kept", "");
+        if !self.within_bounds(&prefix, items.len(), bytes, now) {
+            self.recount(&prefix);
+        }
         {
             let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
-            ledger.retain(|_, k| k.expires > now);
-            let prefix = state::key(account, "late-kept", "");
-            let (mut n, mut b) = (0, 0);
-            for (key, k) in ledger.iter() {
-                if key.starts_with(&prefix) {
-                    n += k.parts;
-                    b += k.bytes;
-                }
-            }
-            if n + items.len() > self.settings.max_parts || b + bytes > self.settings.max_bytes {
+            if !self.within_bounds_of(&ledger, &prefix, items.len(), bytes) {
                 if let Some(left_out) = self.full_warning.allow() {
                     crate::log_warn!(
                         "late account={account} rule={rule} result=dropped reason=\"kept answers of this account at their bound (late_max_answers {}, late_max_bytes {}): {} part(s) not kept\" user={:08x} similar_warnings_left_out={left_out}",
@@ -567,6 +594,101 @@ impl Hub {
         }
     }
 
+    /// Whether `parts` more parts of `bytes` stay within the account's bounds (its keys start
+    /// with `prefix`), by this instance's count; drops expired counts.
+    fn within_bounds(&self, prefix: &str, parts: usize, bytes: usize, now: Instant) -> bool {
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        ledger.retain(|_, k| k.expires > now);
+        self.within_bounds_of(&ledger, prefix, parts, bytes)
+    }
+
+    fn within_bounds_of(
+        &self,
+        ledger: &HashMap<String, Kept>,
+        prefix: &str,
+        parts: usize,
+        bytes: usize,
+    ) -> bool {
+        let (mut n, mut b) = (0, 0);
+        for (key, k) in ledger {
+            if key.starts_with(prefix) {
+                n += k.parts;
+                b += k.bytes;
+            }
+        }
+        n + parts <= self.settings.max_parts && b + bytes <= self.settings.max_bytes
+    }
+
+    /// With shared kept parts: sets this instance's counts of the account's lists (keys
+    /// starting with `prefix`) to what the stores still hold, since other instances take
+    /// parts this one kept. A list that shrank is assumed to have lost its oldest parts in
+    /// proportion (the store does not tell bytes). One recount per [`RECOUNT_EVERY`]: each
+    /// costs a round trip per list.
+    fn recount(&self, prefix: &str) {
+        if self.leftovers.is_none() {
+            return;
+        }
+        let now = unix_time();
+        let last = self.recounted.load(Ordering::Acquire);
+        if now < last.saturating_add(RECOUNT_EVERY.as_secs())
+            || self
+                .recounted
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        let counted: Vec<(String, usize)> = {
+            let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            ledger
+                .iter()
+                .filter(|(key, _)| key.starts_with(prefix))
+                .map(|(key, k)| (key.clone(), k.parts))
+                .collect()
+        };
+        // Outside the lock: these are round trips to Redis.
+        let held: Vec<(String, usize, usize)> = counted
+            .into_iter()
+            .map(|(key, parts)| {
+                let now_held = self.kept_len(&key);
+                (key, parts, now_held)
+            })
+            .collect();
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, parts, now_held) in held {
+            // Changed meanwhile (kept or taken here): that count is newer than ours.
+            let Some(k) = ledger.get_mut(&key).filter(|k| k.parts == parts) else {
+                continue;
+            };
+            if now_held == 0 {
+                ledger.remove(&key);
+            } else if now_held < k.parts {
+                k.bytes = k.bytes * now_held / k.parts;
+                k.parts = now_held;
+            }
+        }
+    }
+
+    /// Parts kept for the user of `user_key`, in both stores.
+    fn kept_len(&self, user_key: &str) -> usize {
+        let local = self
+            .leftovers
+            .as_ref()
+            .map_or(0, |l| l.list_len(user_key).unwrap_or(0));
+        local + self.kept.list_len(user_key).unwrap_or(0)
+    }
+
+    /// The user's next kept part: what was kept locally first (it can be taken only here),
+    /// then the shared list.
+    fn pop_kept(&self, user_key: &str) -> Option<Vec<u8>> {
+        if let Some(local) = &self.leftovers {
+            if let Ok(Some(item)) = local.pop(user_key) {
+                return Some(item);
+            }
+        }
+        self.kept.pop(user_key).ok()?
+    }
+
     /// Takes the user's next kept part, rendered as a reply (with the hint when more follow).
     fn take_kept(
         &self,
@@ -577,7 +699,7 @@ impl Hub {
         hint: &str,
     ) -> Option<(Vec<u8>, usize)> {
         loop {
-            let item = self.kept.pop(user_key).ok()??;
+            let item = self.pop_kept(user_key)?;
             {
                 let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(k) = ledger.get_mut(user_key) {
@@ -595,7 +717,7 @@ impl Hub {
                 crate::log_warn!("late: dropping a kept answer that no longer parses");
                 continue;
             };
-            let more = self.kept.list_len(user_key).unwrap_or(0);
+            let more = self.kept_len(user_key);
             if more > 0 {
                 append_hint(&mut reply, hint);
             }
