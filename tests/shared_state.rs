@@ -669,6 +669,46 @@ fn redis_store_behaves_like_memory_store() {
     assert!(fallback.degraded());
 }
 
+/// Calls of `command` so far (`INFO commandstats`).
+fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut c = client.get_connection().expect("connect to redis-server");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut c)
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn scripts_go_by_their_sha1_and_are_sent_again_after_a_script_flush() {
+    let redis = RedisServer::start();
+    let memory = MemoryStore::new(1 << 20);
+    let shared = RedisStore::open(&redis.url()).expect("open");
+    let want = exercise(&memory, "m");
+    assert_eq!(exercise(&shared, "r1"), want);
+    let (eval, evalsha) = (
+        command_calls(&redis, "eval"),
+        command_calls(&redis, "evalsha"),
+    );
+    // Each of the four scripts sent whole once; every other call by SHA-1.
+    assert_eq!(eval, 4, "EVAL {eval}, EVALSHA {evalsha}");
+    assert!(evalsha > 4 * eval, "EVAL {eval}, EVALSHA {evalsha}");
+    // A Redis that forgot the scripts (restarted, SCRIPT FLUSH) gets them again, and every
+    // call still answers as before.
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut c = client.get_connection().expect("connect");
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query::<()>(&mut c)
+        .expect("SCRIPT FLUSH");
+    assert_eq!(exercise(&shared, "r2"), want);
+    assert_eq!(command_calls(&redis, "eval"), 8);
+}
+
 #[test]
 fn redis_store_bounds_what_it_reads_and_writes() {
     let redis = RedisServer::start();

@@ -12,7 +12,9 @@
 
 use super::shared::redacted;
 use super::{Store, StoreError};
-use ::redis::{Client, Connection, ErrorKind, RedisError, Value};
+use ::redis::{
+    Client, Cmd, Connection, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, Value,
+};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -48,9 +50,56 @@ const PUSH: &str = "if redis.call('TYPE', KEYS[1])['ok'] ~= 'list' then redis.ca
      redis.call('PEXPIRE', KEYS[1], ARGV[1]) \
      return 1";
 
+/// A Lua script run by its SHA-1 (`EVALSHA`), sent whole (`EVAL`) only when the server does
+/// not have it yet (a new or restarted Redis): most calls carry 40 bytes, not the script.
+struct Script {
+    code: &'static str,
+    sha: String,
+}
+
+impl Script {
+    fn new(code: &'static str) -> Script {
+        use sha1::Digest;
+        Script {
+            code,
+            sha: hex::encode(sha1::Sha1::digest(code.as_bytes())),
+        }
+    }
+
+    /// Runs the script with one key and the arguments `args` adds.
+    fn run<T: FromRedisValue>(
+        &self,
+        c: &mut Connection,
+        key: &str,
+        args: impl Fn(&mut Cmd),
+    ) -> Result<T, RedisError> {
+        let mut call = |command: &str, script: &str| {
+            let mut cmd = ::redis::cmd(command);
+            cmd.arg(script).arg(1).arg(key);
+            args(&mut cmd);
+            cmd.query::<T>(c)
+        };
+        match call("EVALSHA", &self.sha) {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                call("EVAL", self.code)
+            }
+            other => other,
+        }
+    }
+}
+
+/// The scripts above.
+struct Scripts {
+    get: Script,
+    pop: Script,
+    list_len: Script,
+    push: Script,
+}
+
 /// A Redis server reached over TCP or a Unix socket.
 pub struct RedisStore {
     client: Client,
+    scripts: Scripts,
     idle: Mutex<Vec<Connection>>,
     /// The URL without a password, for log lines.
     name: String,
@@ -69,6 +118,12 @@ impl RedisStore {
         let client = Client::open(url).map_err(|e| reason(&e))?;
         Ok(RedisStore {
             client,
+            scripts: Scripts {
+                get: Script::new(GET_BOUNDED),
+                pop: Script::new(POP_BOUNDED),
+                list_len: Script::new(LIST_LEN),
+                push: Script::new(PUSH),
+            },
             idle: Mutex::new(Vec::new()),
             name: redacted(url),
             created: Instant::now(),
@@ -170,7 +225,7 @@ impl Store for RedisStore {
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read_bounded(GET_BOUNDED, key)
+        self.read_bounded(&self.scripts.get, key)
     }
 
     fn remove(&self, key: &str) -> Result<(), StoreError> {
@@ -183,42 +238,29 @@ impl Store for RedisStore {
         }
         values.iter().try_for_each(|v| fits(v))?;
         self.with(|c| {
-            ::redis::cmd("EVAL")
-                .arg(PUSH)
-                .arg(1)
-                .arg(key)
-                .arg(ttl_ms(ttl))
-                .arg(values)
-                .query::<()>(c)
+            self.scripts.push.run::<()>(c, key, |cmd| {
+                cmd.arg(ttl_ms(ttl)).arg(values);
+            })
         })
     }
 
     fn pop(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read_bounded(POP_BOUNDED, key)
+        self.read_bounded(&self.scripts.pop, key)
     }
 
     fn list_len(&self, key: &str) -> Result<usize, StoreError> {
-        self.with(|c| {
-            ::redis::cmd("EVAL")
-                .arg(LIST_LEN)
-                .arg(1)
-                .arg(key)
-                .query::<usize>(c)
-        })
+        self.with(|c| self.scripts.list_len.run::<usize>(c, key, |_| {}))
     }
 }
 
 impl RedisStore {
     /// Runs `script` (one of the bounded reads) on `key`: the bytes, or `None` for nil, -1
     /// (too long) or anything unexpected.
-    fn read_bounded(&self, script: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    fn read_bounded(&self, script: &Script, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let value = self.with(|c| {
-            ::redis::cmd("EVAL")
-                .arg(script)
-                .arg(1)
-                .arg(key)
-                .arg(MAX_VALUE)
-                .query::<Value>(c)
+            script.run::<Value>(c, key, |cmd| {
+                cmd.arg(MAX_VALUE);
+            })
         })?;
         Ok(match value {
             Value::BulkString(bytes) => Some(bytes),
