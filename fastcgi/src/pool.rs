@@ -748,14 +748,19 @@ impl<H: Handler> Worker<H> {
                 let (request_id, keep_conn) = self.conn.hand_off();
                 // Pipelined bytes cannot follow the connection to another thread.
                 let keep_conn = keep_conn && self.start == self.end;
-                job(Pending {
+                let pending = Pending {
                     conn: Some(stream),
                     registered,
                     request_id,
                     keep_conn,
                     in_flight: in_flight.take(),
                     shared: Arc::clone(&self.shared),
-                });
+                };
+                // A panicking job drops its `Pending` while unwinding, which answers 500; the
+                // worker must live on like after a panicking handler.
+                if catch_unwind(AssertUnwindSafe(|| job(pending))).is_err() {
+                    log::error!("fastcgi: a deferred handler panicked; answering 500");
+                }
             }
         }
         self.shrink_buffers();

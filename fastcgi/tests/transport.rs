@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// Echoes method, a param and the body; `/panic` panics; `/later` answers from another thread.
+/// Echoes method, a param and the body; `/panic` panics; `/later` answers from another thread;
+/// `/later-panic` defers, and its job panics on the worker.
 struct Echo {
     calls: AtomicUsize,
 }
@@ -33,6 +34,9 @@ impl Handler for Echo {
                         });
                     });
                 }));
+            }
+            "/later-panic" => {
+                return Outcome::Later(Box::new(|_pending| panic!("test panic in a deferred job")));
             }
             "/slow" => std::thread::sleep(Duration::from_millis(300)),
             _ => {}
@@ -400,6 +404,23 @@ fn handler_panic_is_a_500_and_workers_survive() {
         assert_eq!(f.get("/panic", b"").status, 500);
     }
     assert_eq!(f.get("/x", b"alive").body, b"POST alive");
+}
+
+#[test]
+fn a_deferred_job_that_panics_is_a_500_and_the_only_worker_survives() {
+    let f = start(ServerConfig {
+        workers: 1,
+        ..small()
+    });
+    for _ in 0..3 {
+        assert_eq!(f.get("/later-panic", b"").status, 500);
+    }
+    assert_eq!(f.get("/x", b"alive").body, b"POST alive");
+    let stats = f.server.as_ref().unwrap().handle().stats();
+    assert_eq!(
+        stats.in_flight, 0,
+        "the panicked requests are not counted as in flight"
+    );
 }
 
 #[test]

@@ -239,9 +239,15 @@ struct Waiter {
 }
 
 impl Waiter {
+    /// Completes the request. Runs on the forwarding threads (the epoll loop, the claims and
+    /// late-answer threads): a panic while completing one request must not stop them, so it
+    /// is caught here; unwinding dropped the request's completion, which the caller answers.
     fn answer(self, reply_xml: Option<&[u8]>) {
         let Waiter { complete, encrypt } = self;
-        complete(Answer::reply(reply_xml, encrypt.as_ref()));
+        let answer = Answer::reply(reply_xml, encrypt.as_ref());
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| complete(answer))).is_err() {
+            crate::log_error!("forward: completing a request panicked; it was answered 500");
+        }
     }
 }
 
@@ -790,6 +796,21 @@ fn render_to(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_completion_that_panics_does_not_unwind_into_the_forwarding_thread() {
+        let answered = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&answered);
+        let waiter = Waiter {
+            complete: Box::new(move |_| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                panic!("test panic while completing");
+            }),
+            encrypt: None,
+        };
+        waiter.answer(Some(b"<xml/>"));
+        assert_eq!(answered.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn dedup_keys() {
