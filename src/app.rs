@@ -8,7 +8,7 @@
 use crate::config::{Account, Config};
 use crate::fastcgi::{Handler, Outcome, Pending, Request, Response, ServerHandle};
 use crate::forward::{self, Forwarder};
-use crate::logger::LogValue;
+use crate::logger::{Bursts, LogValue};
 use crate::query;
 use crate::replay::{ReplayCache, SignedPost};
 use crate::rules::{self, Action};
@@ -41,6 +41,8 @@ pub struct App {
     /// cannot push out replay entries, nor the reverse.
     replay: ReplayCache,
     replay_store: Arc<MemoryStore>,
+    /// Refusal lines, a few per reason a minute.
+    refusals: Bursts,
     /// `shared_state` (Redis), for its health on the status page.
     shared_state: Option<crate::state::shared::Shared>,
     /// Requests handled, and (requests, store bytes) at the last allocator trim.
@@ -108,6 +110,7 @@ impl App {
                 shared.clone(),
             )),
             shared_state: shared,
+            refusals: Bursts::default(),
             config: RwLock::new(Arc::new(config)),
             metrics,
             start_time: unix_time(),
@@ -124,6 +127,13 @@ impl App {
     /// is `idle` after serving (or after its tables shrank) gives freed memory back to the OS,
     /// so RSS returns near its idle figure after a burst.
     pub fn maintain(&self, idle: bool) {
+        for (reason, n) in self.refusals.flush(Instant::now()) {
+            crate::log_warn!(
+                "refused reason=\"{reason}\" similar_left_out={n} (refusals beyond the first {} \
+                 of a reason a minute are counted, not logged)",
+                Bursts::BURST
+            );
+        }
         self.state.sweep();
         self.replay_store.sweep();
         let handled = self.handled.load(Ordering::Relaxed);
@@ -262,13 +272,20 @@ impl Handler for App {
                 log.user,
                 micros
             ),
-            Err(reason) => crate::log_warn!(
-                "refused account={} status={} reason=\"{}\" us={}",
-                or_dash(log.account),
-                response.status(),
-                reason,
-                micros
-            ),
+            // A flood of refusals (a scanner, an attacker without the token) writes the first
+            // few lines of each reason a minute and counts the rest.
+            Err(reason) => {
+                if let Some(left_out) = self.refusals.hit(reason, started) {
+                    crate::log_warn!(
+                        "refused account={} status={} reason=\"{}\" us={}{}",
+                        or_dash(log.account),
+                        response.status(),
+                        reason,
+                        micros,
+                        LeftOut(left_out)
+                    );
+                }
+            }
         }
         let forwarder = Arc::clone(&self.forwarder);
         match (log.deferred.take(), log.oauth.take().zip(admitted)) {
@@ -279,6 +296,18 @@ impl Handler for App {
                 forwarder.submit_oauth(job, admitted, completion(pending))
             })),
             (None, None) => Outcome::Done,
+        }
+    }
+}
+
+/// ` similar_left_out=N` after a refusal line when N earlier ones were not logged.
+struct LeftOut(u64);
+
+impl std::fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            n => write!(f, " similar_left_out={n}"),
         }
     }
 }

@@ -195,6 +195,82 @@ impl Throttle {
     }
 }
 
+/// Lines about repeated events, per reason: the first [`Bursts::BURST`] of a reason in a
+/// window are written (an operator sees what is refused and why); the rest are counted, and
+/// the count is told with the reason's first line of a later window or by [`Bursts::flush`].
+/// Reasons are `'static` strings (a fixed set in the code); the table holds at most
+/// [`Bursts::REASONS`] of them, the rest sharing the last slot.
+#[derive(Debug, Default)]
+pub struct Bursts {
+    slots: Mutex<Vec<BurstSlot>>,
+}
+
+#[derive(Debug)]
+struct BurstSlot {
+    reason: &'static str,
+    window_start: Instant,
+    written: u32,
+    left_out: u64,
+}
+
+impl Bursts {
+    /// Lines of one reason written per window.
+    pub const BURST: u32 = 5;
+    /// The window.
+    pub const WINDOW: Duration = Duration::from_secs(60);
+    /// Distinct reasons tracked.
+    pub const REASONS: usize = 64;
+
+    /// Records one event of `reason`. `Some(n)`: write its line now, adding that `n` earlier
+    /// ones were left out (0: none); `None`: stay quiet (counted).
+    pub fn hit(&self, reason: &'static str, now: Instant) -> Option<u64> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let i = match slots.iter().position(|s| s.reason == reason) {
+            Some(i) => i,
+            None if slots.len() < Self::REASONS => {
+                slots.push(BurstSlot {
+                    reason,
+                    window_start: now,
+                    written: 0,
+                    left_out: 0,
+                });
+                slots.len() - 1
+            }
+            None => slots.len() - 1,
+        };
+        let slot = &mut slots[i];
+        let mut told = 0;
+        if now.saturating_duration_since(slot.window_start) >= Self::WINDOW {
+            told = std::mem::take(&mut slot.left_out);
+            slot.window_start = now;
+            slot.written = 0;
+        }
+        if slot.written < Self::BURST {
+            slot.written += 1;
+            Some(told)
+        } else {
+            slot.left_out += told + 1;
+            None
+        }
+    }
+
+    /// Reasons whose window ended with events left out, with their counts (reset): for a
+    /// summary line when the events stopped (called about once a second).
+    pub fn flush(&self, now: Instant) -> Vec<(&'static str, u64)> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due = Vec::new();
+        for slot in slots.iter_mut() {
+            if slot.left_out > 0 && now.saturating_duration_since(slot.window_start) >= Self::WINDOW
+            {
+                due.push((slot.reason, std::mem::take(&mut slot.left_out)));
+                slot.window_start = now;
+                slot.written = 0;
+            }
+        }
+        due
+    }
+}
+
 #[macro_export]
 macro_rules! log_error { ($($t:tt)*) => { ::log::error!($($t)*) } }
 #[macro_export]
@@ -207,6 +283,47 @@ macro_rules! log_debug { ($($t:tt)*) => { ::log::debug!($($t)*) } }
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bursts_write_the_first_lines_of_a_reason_and_count_the_rest() {
+        let b = Bursts::default();
+        let t0 = Instant::now();
+        for _ in 0..Bursts::BURST {
+            assert_eq!(b.hit("bad signature", t0), Some(0));
+        }
+        for _ in 0..7 {
+            assert_eq!(b.hit("bad signature", t0), None);
+        }
+        // Another reason has its own burst.
+        assert_eq!(b.hit("stale timestamp", t0), Some(0));
+        // Nothing due before the window ends.
+        assert!(b.flush(t0 + Duration::from_secs(59)).is_empty());
+        // The next window's first line tells the 7 left out.
+        let t1 = t0 + Bursts::WINDOW;
+        assert_eq!(b.hit("bad signature", t1), Some(7));
+        for _ in 1..Bursts::BURST {
+            assert_eq!(b.hit("bad signature", t1), Some(0));
+        }
+        assert_eq!(b.hit("bad signature", t1), None);
+        assert_eq!(b.hit("bad signature", t1), None);
+        // Quiet since: the summary tells the 2, once.
+        let t2 = t1 + Bursts::WINDOW;
+        assert_eq!(b.flush(t2), vec![("bad signature", 2)]);
+        assert!(b.flush(t2 + Bursts::WINDOW).is_empty());
+    }
+
+    #[test]
+    fn bursts_bound_the_reasons_they_track() {
+        let b = Bursts::default();
+        let t0 = Instant::now();
+        let reasons: Vec<&'static str> = (0..Bursts::REASONS + 10)
+            .map(|i| &*Box::leak(format!("reason {i}").into_boxed_str()))
+            .collect();
+        for r in &reasons {
+            b.hit(r, t0);
+        }
+        assert_eq!(b.slots.lock().unwrap().len(), Bursts::REASONS);
+    }
     use log::Log;
 
     #[test]

@@ -200,6 +200,40 @@ fn bodies_that_are_not_user_messages_are_refused() {
     );
 }
 
+/// A flood of refusals (here 300 forged signatures and 300 stale timestamps) is answered
+/// request by request, but logs only the first few lines of each reason a minute; genuine
+/// requests meanwhile are logged as always.
+#[test]
+fn a_flood_of_refusals_logs_a_few_lines_per_reason() {
+    let r = Responder::start(&echo_config(""));
+    let nginx = Nginx::start(&r.socket, true);
+    let forged = "/weixin?signature=0000000000000000000000000000000000000000&timestamp=1&nonce=n";
+    let stale = {
+        let ts = (now() - 3600).to_string();
+        let sig = sign(&[TOKEN, &ts, "n0nce"]);
+        format!("/weixin?signature={sig}&timestamp={ts}&nonce=n0nce")
+    };
+    let body = text_message("hi");
+    for i in 0..300 {
+        assert_eq!(nginx.request("POST", forged, body.as_bytes()).status, 403);
+        assert_eq!(nginx.request("POST", &stale, body.as_bytes()).status, 403);
+        if i % 100 == 0 {
+            let ok = nginx.request(
+                "POST",
+                &format!("/weixin?{}", signed_query(TOKEN)),
+                text_message(&format!("ok {i}")).as_bytes(),
+            );
+            assert_eq!(ok.status, 200);
+        }
+    }
+    let log = r.stderr();
+    let lines_with = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    let refused = lines_with("refused account=");
+    assert_eq!(refused, 10, "5 lines per reason, 2 reasons:\n{log}");
+    assert_eq!(lines_with("reason=\"signature mismatch\""), 5, "{log}");
+    assert_eq!(lines_with("outcome=reply status=200"), 3, "{log}");
+}
+
 /// Finding 11: with the shipped snippet and log format, nginx's access log keeps the method,
 /// path and status of each request, but never the query (openid, signature, echostr).
 #[test]
