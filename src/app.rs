@@ -161,6 +161,11 @@ impl App {
         self.forwarder.working()
     }
 
+    /// How many of those are running (backend calls, programs, pushes).
+    pub fn unfinished(&self) -> usize {
+        self.forwarder.unfinished()
+    }
+
     /// Saves state that must outlive the process (kept late answers).
     pub fn flush(&self) {
         self.forwarder.flush();

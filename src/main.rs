@@ -8,15 +8,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use weixin_fcgi::app::App;
 use weixin_fcgi::config::{Config, DEFAULT_DEMO_TOKEN, RestartSettings};
 use weixin_fcgi::fastcgi::{Server, ServerConfig, listen, notify};
 use weixin_fcgi::{log_error, log_info, log_warn};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// How long SIGTERM waits for requests in flight before exiting anyway.
-const STOP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long SIGTERM waits for requests in flight, then for late answers still being computed,
+/// before exiting anyway: within the unit's TimeoutStopSec=10s, with time left to save.
+const STOP_DEADLINE: Duration = Duration::from_secs(8);
 
 const USAGE: &str = "\
 weixin-fcgi — a FastCGI responder for WeChat Official Account callbacks
@@ -235,9 +236,30 @@ fn run(args: Args, activation: listen::Activation) -> Result<(), String> {
     }
     notify::notify("STOPPING=1\nSTATUS=stopping");
     let served = handle.stats().served;
+    let stopping = Instant::now();
     if !server.stop(STOP_DEADLINE) {
         log_warn!(
             "requests still in flight after {}s; exiting anyway",
+            STOP_DEADLINE.as_secs()
+        );
+    }
+    // Late answers still being computed (their users got `pending`) are kept and saved if
+    // they come within the same deadline; meanwhile nothing is accepted.
+    if app.working() && stopping.elapsed() < STOP_DEADLINE {
+        log_info!(
+            "stopping: waiting up to {}s for {} late answer(s) still being computed",
+            STOP_DEADLINE.saturating_sub(stopping.elapsed()).as_secs(),
+            app.unfinished()
+        );
+        while app.working() && stopping.elapsed() < STOP_DEADLINE {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if app.working() {
+        log_warn!(
+            "stopping with {} backend call(s) or push(es) unfinished after {}s: their users got \
+             `pending` and will not get these answers",
+            app.unfinished(),
             STOP_DEADLINE.as_secs()
         );
     }

@@ -619,6 +619,74 @@ fn kept_answers_survive_a_restart() {
     assert!(r.stderr().contains("kept answer list(s) read from"));
 }
 
+/// Stopped (SIGTERM, as systemd stops and restarts the service) while a late answer is still
+/// being computed, the process waits for it within its stop deadline, keeps and saves it; the
+/// next process delivers it.
+#[test]
+fn a_stop_waits_for_a_late_answer_being_computed_and_the_next_process_delivers_it() {
+    let backend = Backend::start();
+    let state = TempDir::new("late-stop");
+    let file = state.join("late-answers");
+    let top = format!("state_file = \"{}\"", file.display());
+    let conf = config(600, "next_message", &backend, &top);
+    let wait = Duration::from_millis(600);
+    {
+        let mut r = Responder::start(&conf);
+        let nginx = Nginx::start(&r.socket, true);
+        // Three attempts of 600 ms: `pending` at 1.8 s; the answer comes at 4.5 s.
+        let got = wechat(nginx.port, &text("oIda", "wait for me", next_id()), wait);
+        assert_eq!(got, Some((3, Some(PENDING_NEXT.to_string()))));
+        assert!(!r.stderr().contains("result=kept"));
+        r.term();
+        let exited = wait_for(Duration::from_secs(10), || !r.alive());
+        let log = r.stderr();
+        assert!(exited, "{log}");
+        assert!(
+            log.contains("stopping: waiting up to") && log.contains("1 late answer(s)"),
+            "{log}"
+        );
+        let kept = log.find("result=kept").expect("kept before exiting");
+        let stopped = log.find("stopped after").expect("a clean stop");
+        assert!(kept < stopped, "{log}");
+        assert!(!log.contains("unfinished"), "{log}");
+    }
+    let r = Responder::start(&conf);
+    let nginx = Nginx::start(&r.socket, true);
+    let got = wechat(nginx.port, &text("oIda", "back", next_id()), wait);
+    assert_eq!(
+        got,
+        Some((1, Some("answer to: wait for me".to_string()))),
+        "{}",
+        r.stderr()
+    );
+}
+
+/// A late answer that does not come within the stop deadline is named in the log as lost.
+#[test]
+fn a_stop_gives_up_on_a_late_answer_after_its_deadline_and_says_so() {
+    let backend = Backend::start();
+    let conf = config(600, "next_message", &backend, "");
+    let wait = Duration::from_millis(600);
+    let mut r = Responder::start(&conf);
+    let nginx = Nginx::start(&r.socket, true);
+    // "slow …" takes 20 s, longer than the 8 s the stop waits.
+    let got = wechat(nginx.port, &text("oJo", "slow stop", next_id()), wait);
+    assert_eq!(got, Some((3, Some(PENDING_NEXT.to_string()))));
+    let stopping = Instant::now();
+    r.term();
+    assert!(wait_for(Duration::from_secs(12), || !r.alive()));
+    let took = stopping.elapsed();
+    assert!(
+        took >= Duration::from_secs(7) && took < Duration::from_secs(10),
+        "within the unit's TimeoutStopSec=10s: {took:?}"
+    );
+    let log = r.stderr();
+    assert!(
+        log.contains("stopping with 1 backend call(s) or push(es) unfinished after 8s"),
+        "{log}"
+    );
+}
+
 /// With `idle_exit`, a process whose only work is a late answer still being computed does not
 /// exit before the answer is kept and saved; the next process (socket activation) delivers it.
 #[test]

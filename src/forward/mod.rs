@@ -348,7 +348,12 @@ impl Forwarder {
     /// True while a backend call, program or customer-service push is running, even when
     /// no request waits for it (a late answer): the process must not exit when idle.
     pub fn working(&self) -> bool {
-        self.busy.load(Ordering::Acquire) > 0 || self.hub.get().is_some_and(|h| h.busy())
+        self.unfinished() > 0
+    }
+
+    /// Backend calls, programs and customer-service pushes running now.
+    pub fn unfinished(&self) -> usize {
+        self.busy.load(Ordering::Acquire) + self.hub.get().map_or(0, |h| h.pushes())
     }
 
     /// Saves what must survive the process (kept late answers), at exit.
@@ -617,7 +622,15 @@ fn complete(
         _ => status::Forward::Fallback,
     });
     if let Some(hub) = job.late.as_ref().and_then(|l| l.hub.clone()) {
-        busy.fetch_sub(1, Ordering::AcqRel);
+        // The slot counts as busy until the answer is kept (or handed to a push): a process
+        // stopping or exiting when idle waits for that before it saves the state file.
+        struct Release<'a>(&'a AtomicUsize);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _release = Release(busy);
         let result = result.unwrap_or_else(|_| Err("internal error".to_string()));
         hub.finished(job, result, ms);
         return;

@@ -269,9 +269,9 @@ impl Hub {
         hub
     }
 
-    /// Work that must finish before the process may exit when idle: pushes in progress.
-    pub fn busy(&self) -> bool {
-        self.pushing.load(Ordering::Acquire) > 0
+    /// Work that must finish before the process may exit: pushes queued or in progress.
+    pub fn pushes(&self) -> usize {
+        self.pushing.load(Ordering::Acquire)
     }
 
     /// Writes the state file now (at exit).
@@ -422,7 +422,7 @@ impl Hub {
         }
     }
 
-    /// The backend call of `job` ended (the slot is already free).
+    /// The backend call of `job` ended (its slot is freed when this returns).
     pub(in crate::forward) fn finished(
         &self,
         job: &Job,
