@@ -100,7 +100,11 @@ impl App {
                 None => Arc::clone(local) as Arc<dyn Store>,
             }
         };
-        let (retry_store, replay) = (backed(&state), ReplayCache::new(backed(&replay_store)));
+        let retry_store = backed(&state);
+        let replay = match &shared {
+            Some(_) => ReplayCache::shared(backed(&replay_store)),
+            None => ReplayCache::local(config.replay_cache_bytes),
+        };
         App {
             forwarder: Arc::new(Forwarder::new(
                 config.forward,
@@ -136,8 +140,9 @@ impl App {
         }
         self.state.sweep();
         self.replay_store.sweep();
+        self.replay.sweep();
         let handled = self.handled.load(Ordering::Relaxed);
-        let bytes = self.state.bytes() + self.replay_store.bytes();
+        let bytes = self.state.bytes() + self.replay_store.bytes() + self.replay.bytes();
         let mut last = self.trimmed.lock().unwrap_or_else(|p| p.into_inner());
         if idle && (handled != last.0 || bytes < last.1) {
             crate::allocator::trim();

@@ -260,8 +260,10 @@ impl Inner {
 
     /// The live slot under `key`; an expired one is dropped.
     fn live(&mut self, key: &str, now: Instant) -> Option<&mut Slot> {
-        if self.map.get(key).is_some_and(|s| s.expires <= now) {
+        // A miss (the common case of a new replay entry or claim) hashes the key once.
+        if self.map.get(key)?.expires <= now {
             self.remove(key);
+            return None;
         }
         self.map.get_mut(key)
     }
@@ -295,6 +297,19 @@ impl Inner {
             });
         }
         self.remove(&key);
+        self.insert_absent(budget, key, value, expires, charged);
+        Ok(())
+    }
+
+    /// Inserts `key`, known to be absent, charged `charged` (within the per-value limit).
+    fn insert_absent(
+        &mut self,
+        budget: usize,
+        key: String,
+        value: Value,
+        expires: Instant,
+        charged: usize,
+    ) {
         self.make_room(charged, budget);
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -309,7 +324,6 @@ impl Inner {
                 charged,
             },
         );
-        Ok(())
     }
 }
 
@@ -330,12 +344,16 @@ impl Store for MemoryStore {
         if inner.live(key, now).is_some() {
             return Ok(false);
         }
-        inner.insert(
-            self.budget,
-            key.to_owned(),
-            Value::Bytes(value.to_vec()),
-            now + ttl,
-        )?;
+        let value = Value::Bytes(value.to_vec());
+        let charged = charge(key, &value);
+        let limit = self.value_limit();
+        if charged > limit {
+            return Err(StoreError::TooLarge {
+                bytes: charged,
+                limit,
+            });
+        }
+        inner.insert_absent(self.budget, key.to_owned(), value, now + ttl, charged);
         Ok(true)
     }
 

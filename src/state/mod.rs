@@ -99,16 +99,35 @@ pub fn key(account: &str, kind: &str, id: &str) -> String {
     out
 }
 
-fn escape_into(out: &mut String, bytes: &[u8]) {
+/// Bytes a key part keeps as they are: `[A-Za-z0-9_.@/+=-]`.
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'_' | b'.' | b'@' | b'/' | b'+' | b'=' | b'-');
+        b += 1;
+    }
+    t
+};
+
+fn escape_into(out: &mut String, mut bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || b"_.@/+=-".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 15)] as char);
-        }
+    let plain = |b: &u8| PLAIN[usize::from(*b)];
+    // Runs of plain bytes are copied at once: ids (signatures, OpenIDs) are mostly plain.
+    while !bytes.is_empty() {
+        let run = bytes.iter().position(|b| !plain(b)).unwrap_or(bytes.len());
+        let (head, rest) = bytes.split_at(run);
+        // Plain bytes are ASCII.
+        out.push_str(std::str::from_utf8(head).unwrap_or_default());
+        let Some((&b, rest)) = rest.split_first() else {
+            break;
+        };
+        out.push('%');
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+        bytes = rest;
     }
 }
 
