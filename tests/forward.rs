@@ -21,12 +21,12 @@ impl Backend {
     fn start() -> Backend {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = Arc::clone(&seen);
-        let fake = fake_http::Fake::start(Arc::new(move |path: &str, body: &str| {
+        let fake = fake_http::Fake::simple(move |path, body| {
             s.lock()
                 .expect("seen")
                 .push((path.to_string(), body.to_string()));
             answer(path, body)
-        }));
+        });
         Backend { fake, seen }
     }
 
@@ -78,10 +78,10 @@ fn answer(path: &str, body: &str) -> (u16, String) {
                 .to_string(),
         )
     } else if path.starts_with("/slow/") {
-        std::thread::sleep(Duration::from_secs(3));
+        fake_http::sleep(Duration::from_secs(3));
         (200, r#"{"type":"text","msg":"slow answer"}"#.to_string())
     } else if path.starts_with("/hang/") {
-        std::thread::sleep(Duration::from_secs(30));
+        fake_http::sleep(Duration::from_secs(30));
         (200, r#"{"type":"text","msg":"too late"}"#.to_string())
     } else if path.starts_with("/garbage/") {
         (200, "<html>not json</html>".to_string())

@@ -9,136 +9,16 @@
 //! - Menu OAuth: both protocols (`menu_handler`, `redirect_url`) with a local fake WeChat API.
 
 pub mod common;
+use common::fake_http::{Fake, Response};
 use common::*;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const TOKEN: &str = "gwtoken";
-
-/// One request as the backend received it.
-#[derive(Debug, Clone)]
-struct Recorded {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Recorded {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "backend got a body that is not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-}
-
-/// What the backend answers: status, extra header lines, body.
-type Answer = (u16, Vec<(String, String)>, Vec<u8>);
-type Respond = dyn Fn(&Recorded) -> Answer + Send + Sync;
-
-/// A real HTTP server on loopback that records exactly what it receives.
-struct Recorder {
-    port: u16,
-    seen: Arc<Mutex<Vec<Recorded>>>,
-}
-
-impl Recorder {
-    fn start(respond: impl Fn(&Recorded) -> Answer + Send + Sync + 'static) -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-        let port = listener.local_addr().expect("addr").port();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let respond: Arc<Respond> = Arc::new(respond);
-        let s = Arc::clone(&seen);
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (s, respond) = (Arc::clone(&s), Arc::clone(&respond));
-                std::thread::spawn(move || serve(conn, &s, &*respond));
-            }
-        });
-        Recorder { port, seen }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn take(&self) -> Vec<Recorded> {
-        std::mem::take(&mut *self.seen.lock().expect("seen"))
-    }
-}
-
-fn serve(mut conn: TcpStream, seen: &Mutex<Vec<Recorded>>, respond: &Respond) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    let head_end = loop {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        if raw.len() > 1 << 20 {
-            return;
-        }
-    };
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or("").split(' ');
-    let method = first.next().unwrap_or("").to_string();
-    let target = first.next().unwrap_or("").to_string();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
-        .min(1 << 20);
-    while raw.len() < head_end + len {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-    }
-    let request = Recorded {
-        method,
-        target,
-        headers,
-        body: raw[head_end..head_end + len].to_vec(),
-    };
-    let (status, extra, body) = respond(&request);
-    seen.lock().expect("seen").push(request);
-    let mut reply = format!("HTTP/1.1 {status} X\r\n");
-    for (n, v) in &extra {
-        reply.push_str(&format!("{n}: {v}\r\n"));
-    }
-    reply.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    ));
-    let mut out = reply.into_bytes();
-    out.extend_from_slice(&body);
-    let _ = conn.write_all(&out);
-}
 
 fn post(nginx: &Nginx, body: &str) -> HttpResponse {
     nginx.request(
@@ -232,7 +112,7 @@ fn compare(what: &str, want: &Value, got: &Value, diffs: &mut Vec<String>) {
 
 #[test]
 fn requests_match_go_wx_gateway_field_by_field() {
-    let backend = Recorder::start(|_| (200, vec![], br#"{"type":"success"}"#.to_vec()));
+    let backend = Fake::recording(|_| Response::new(200, br#"{"type":"success"}"#));
     let r = Responder::start(&forward_config(&backend.url("/gw"), ""));
     let nginx = Nginx::start(&r.socket, true);
 
@@ -445,20 +325,18 @@ fn answers_are_read_as_the_gateway_reads_them() {
     let rows = answer_rows();
     let table = rows.clone();
     // The message's Content names the row to answer with.
-    let backend = Recorder::start(move |req| {
-        let v: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+    let backend = Fake::recording(move |req| {
+        let v = req.json_or_null();
         let row: usize = v["Content"]
             .as_str()
             .and_then(|c| c.strip_prefix("row "))
             .and_then(|n| n.parse().ok())
             .unwrap_or(usize::MAX);
         match table.get(row) {
-            Some((status, body, _)) => (
-                *status,
-                vec![("Content-Type".into(), "application/json".into())],
-                body.as_bytes().to_vec(),
-            ),
-            None => (400, vec![], b"no such row".to_vec()),
+            Some((status, body, _)) => {
+                Response::new(*status, *body).header("Content-Type", "application/json")
+            }
+            None => Response::new(400, b"no such row"),
         }
     });
     let fallback = ", fallback = { type = \"text\", content = \"FALLBACK\" }";
@@ -557,21 +435,17 @@ fn all_headers<'r>(resp: &'r HttpResponse, name: &str) -> Vec<&'r str> {
 }
 
 /// A fake WeChat API: `code=GOOD` → openid `oMenuUser`.
-fn fake_wechat_api() -> Recorder {
-    Recorder::start(|req| {
+fn fake_wechat_api() -> Fake {
+    Fake::recording(|req| {
         if req.target.starts_with("/sns/oauth2/access_token?")
             && req
                 .target
                 .ends_with("appid=wxapp&secret=sec&code=GOOD&grant_type=authorization_code")
         {
             let body = br#"{"access_token":"AT","expires_in":7200,"openid":"oMenuUser","scope":"snsapi_base"}"#;
-            (200, vec![], body.to_vec())
+            Response::new(200, body)
         } else {
-            (
-                200,
-                vec![],
-                br#"{"errcode":40029,"errmsg":"invalid code"}"#.to_vec(),
-            )
+            Response::new(200, br#"{"errcode":40029,"errmsg":"invalid code"}"#)
         }
     })
 }
@@ -579,7 +453,7 @@ fn fake_wechat_api() -> Recorder {
 /// weixin-fcgi with menu OAuth at `/wxoauth` (`target_keys`: menu_handler or redirect_url),
 /// behind nginx with `nginx/weixin-oauth.conf` included verbatim (its log directory pointed at
 /// nginx's own).
-fn oauth_setup(api: &Recorder, target_keys: &str) -> (Responder, Nginx) {
+fn oauth_setup(api: &Fake, target_keys: &str) -> (Responder, Nginx) {
     let account = format!(
         "app_id = \"wxapp\"\napp_secret = \"sec\"\nredirect_path = \"/wxoauth\"\n{target_keys}"
     );
@@ -597,8 +471,8 @@ fn oauth_setup(api: &Recorder, target_keys: &str) -> (Responder, Nginx) {
 #[test]
 fn menu_handler_protocol_through_nginx() {
     let api = fake_wechat_api();
-    let handler = Recorder::start(|req| {
-        let v: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+    let handler = Fake::recording(|req| {
+        let v = req.json_or_null();
         let answer = if v["state"] == "go" {
             json!({"h": {"Set-Cookie": "sid=1; Path=/", "X-Bad": "a\r\nInjected: 1"},
                    "r": format!("http://example.com/p?u={}", v["openId"].as_str().unwrap_or("")),
@@ -608,7 +482,7 @@ fn menu_handler_protocol_through_nginx() {
                    "c": format!("<p>{} {} {}</p>", v["appId"].as_str().unwrap_or(""),
                                 v["openId"].as_str().unwrap_or(""), v["state"].as_str().unwrap_or(""))})
         };
-        (200, vec![], answer.to_string().into_bytes())
+        Response::new(200, answer.to_string())
     });
     let (r, nginx) = oauth_setup(
         &api,
@@ -674,30 +548,18 @@ fn menu_handler_protocol_through_nginx() {
 #[test]
 fn redirect_url_protocol_is_a_reverse_proxy() {
     let api = fake_wechat_api();
-    let backend = Recorder::start(|req| {
-        let v: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+    let backend = Fake::recording(|req| {
+        let v = req.json_or_null();
         match v["state"].as_str().unwrap_or("") {
-            "login" => (
-                302,
-                vec![
-                    ("Location".into(), "https://shop.example.com/home".into()),
-                    ("Set-Cookie".into(), "sid=abc; Path=/; HttpOnly".into()),
-                    ("Set-Cookie".into(), "lang=zh; Path=/".into()),
-                    ("X-Accel-Redirect".into(), "/internal/secret".into()),
-                    ("X-Custom".into(), "kept".into()),
-                ],
-                Vec::new(),
-            ),
-            "page" => (
-                200,
-                vec![("Content-Type".into(), "text/html; charset=gbk".into())],
-                b"<html><body>\xc4\xe3\xba\xc3 page</body></html>".to_vec(),
-            ),
-            _ => (
-                404,
-                vec![("Content-Type".into(), "text/plain".into())],
-                b"no such menu".to_vec(),
-            ),
+            "login" => Response::new(302, "")
+                .header("Location", "https://shop.example.com/home")
+                .header("Set-Cookie", "sid=abc; Path=/; HttpOnly")
+                .header("Set-Cookie", "lang=zh; Path=/")
+                .header("X-Accel-Redirect", "/internal/secret")
+                .header("X-Custom", "kept"),
+            "page" => Response::new(200, b"<html><body>\xc4\xe3\xba\xc3 page</body></html>")
+                .header("Content-Type", "text/html; charset=gbk"),
+            _ => Response::new(404, "no such menu").header("Content-Type", "text/plain"),
         }
     });
     let (r, nginx) = oauth_setup(
@@ -778,69 +640,47 @@ fn redirect_url_protocol_is_a_reverse_proxy() {
 
 /// A fake WeChat API: OAuth code exchange (as [`fake_wechat_api`]), `cgi-bin/stable_token`
 /// (token `TOK`) and `cgi-bin/user/info` (oUser and oMenuUser known; others errcode 40003).
-fn fake_wechat_api_with_users() -> Recorder {
-    Recorder::start(|req| {
-        let path = req.target.split('?').next().unwrap_or("");
-        let query = req.target.split_once('?').map(|(_, q)| q).unwrap_or("");
-        match path {
-            "/cgi-bin/stable_token" => {
-                let v: Value = serde_json::from_slice(&req.body).unwrap_or_default();
-                if v["appid"] == "wxapp" && v["secret"] == "sec" {
-                    (
-                        200,
-                        vec![],
-                        br#"{"access_token":"TOK","expires_in":7200}"#.to_vec(),
-                    )
-                } else {
-                    (
-                        200,
-                        vec![],
-                        br#"{"errcode":40013,"errmsg":"invalid appid"}"#.to_vec(),
-                    )
-                }
+fn fake_wechat_api_with_users() -> Fake {
+    Fake::recording(|req| match req.path.as_str() {
+        "/cgi-bin/stable_token" => {
+            let v = req.json_or_null();
+            if v["appid"] == "wxapp" && v["secret"] == "sec" {
+                Response::new(200, br#"{"access_token":"TOK","expires_in":7200}"#)
+            } else {
+                Response::new(200, br#"{"errcode":40013,"errmsg":"invalid appid"}"#)
             }
-            "/cgi-bin/user/info" if query.contains("access_token=TOK") => {
-                let open_id = query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("openid="))
-                    .unwrap_or("");
-                if open_id == "oUser" || open_id == "oMenuUser" {
-                    let info = json!({"subscribe": 1, "openid": open_id, "nickname": "Nick",
+        }
+        "/cgi-bin/user/info" if req.query().contains("access_token=TOK") => {
+            let open_id = req.query_param("openid").unwrap_or("");
+            if open_id == "oUser" || open_id == "oMenuUser" {
+                let info = json!({"subscribe": 1, "openid": open_id, "nickname": "Nick",
                         "sex": 1, "language": "zh_CN", "city": "广州", "province": "广东",
                         "country": "中国", "headimgurl": "http://img/1", "subscribe_time": 1386160805});
-                    (200, vec![], info.to_string().into_bytes())
-                } else {
-                    (
-                        200,
-                        vec![],
-                        br#"{"errcode":40003,"errmsg":"invalid openid"}"#.to_vec(),
-                    )
-                }
+                Response::new(200, info.to_string())
+            } else {
+                Response::new(200, br#"{"errcode":40003,"errmsg":"invalid openid"}"#)
             }
-            "/cgi-bin/user/info" => (
-                200,
-                vec![],
-                br#"{"errcode":40001,"errmsg":"invalid credential"}"#.to_vec(),
-            ),
-            _ if req
-                .target
-                .ends_with("code=GOOD&grant_type=authorization_code") =>
-            {
-                (
-                    200,
-                    vec![],
-                    br#"{"access_token":"AT","expires_in":7200,"openid":"oMenuUser"}"#.to_vec(),
-                )
-            }
-            _ => (404, vec![], b"not found".to_vec()),
         }
+        "/cgi-bin/user/info" => {
+            Response::new(200, br#"{"errcode":40001,"errmsg":"invalid credential"}"#)
+        }
+        _ if req
+            .target
+            .ends_with("code=GOOD&grant_type=authorization_code") =>
+        {
+            Response::new(
+                200,
+                br#"{"access_token":"AT","expires_in":7200,"openid":"oMenuUser"}"#,
+            )
+        }
+        _ => Response::new(404, b"not found"),
     })
 }
 
 #[test]
 fn user_info_is_added_with_a_cached_access_token() {
     let api = fake_wechat_api_with_users();
-    let backend = Recorder::start(|_| (200, vec![], br#"{"type":"success"}"#.to_vec()));
+    let backend = Fake::recording(|_| Response::new(200, br#"{"type":"success"}"#));
     let config = config_toml(
         &format!("dedup_seconds = 0\noauth_api_base = \"{}\"", api.url("")),
         TOKEN,
@@ -895,7 +735,7 @@ fn user_info_is_added_with_a_cached_access_token() {
 #[test]
 fn redirect_url_gets_user_info_when_enabled() {
     let api = fake_wechat_api_with_users();
-    let backend = Recorder::start(|_| (200, vec![], b"ok".to_vec()));
+    let backend = Fake::recording(|_| Response::new(200, b"ok"));
     let (r, nginx) = oauth_setup(
         &api,
         &format!(

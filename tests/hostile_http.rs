@@ -307,12 +307,12 @@ fn an_identical_request_reaches_the_backend_once() {
     use weixin_fcgi::wechat::crypto::{self, AesKey};
     const AES: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
     const APP_ID: &str = "wxb11529c136998cb6";
-    let backend = Fake::start(std::sync::Arc::new(|_path, _body| {
+    let backend = Fake::simple(|_path, _body| {
         (
             200,
             r#"{"type":"text","msg":"from the backend"}"#.to_string(),
         )
-    }));
+    });
     let config = format!(
         "dedup_seconds = 2\n\n[[account]]\nname = \"safe\"\npath = \"/weixin\"\ntoken = \"{TOKEN}\"\n\
          app_id = \"{APP_ID}\"\naes_key = \"{AES}\"\n\n[[account.rule]]\n\

@@ -9,7 +9,6 @@
 pub mod common;
 use common::fake_http::Fake;
 use common::*;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weixin_fcgi::fastcgi::client;
 
@@ -31,7 +30,7 @@ fn news_backend() -> Fake {
         .collect();
     let answer = serde_json::json!({"type": "news", "articles": articles}).to_string();
     assert!(answer.len() < 64 * 1024, "{}", answer.len());
-    Fake::start(Arc::new(move |_path, _body| (200, answer.clone())))
+    Fake::simple(move |_path, _body| (200, answer.clone()))
 }
 
 fn event(key: usize) -> String {

@@ -22,31 +22,31 @@ const TOKEN: &str = "oauthtoken";
 
 /// The WeChat API: every code is good; answers after `delay`.
 fn wechat_api(delay: Duration) -> Fake {
-    Fake::start(Arc::new(move |_path, _body| {
-        std::thread::sleep(delay);
+    Fake::simple(move |_path, _body| {
+        fake_http::sleep(delay);
         (
             200,
             r#"{"access_token":"AT","expires_in":7200,"openid":"oOAuthUser","scope":"snsapi_base"}"#
                 .to_string(),
         )
-    }))
+    })
 }
 
 /// The menu handler answers `page` for every user.
 fn menu_handler(page: serde_json::Value) -> Fake {
-    Fake::start(Arc::new(move |_path, _body| (200, page.to_string())))
+    Fake::simple(move |_path, _body| (200, page.to_string()))
 }
 
 /// A `forward` backend echoing text messages.
 fn echo_backend() -> Fake {
-    Fake::start(Arc::new(|_path, body| {
+    Fake::simple(|_path, body| {
         let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
         let content = v["Content"].as_str().unwrap_or("");
         (
             200,
             serde_json::json!({"type": "text", "msg": format!("echo: {content}")}).to_string(),
         )
-    }))
+    })
 }
 
 /// One account at /weixin with a `forward` rule (fallback "fallback") and menu OAuth at

@@ -4,9 +4,10 @@
 //! WeChat API (stable_token/token, custom/send; records calls; answers 40001/45015 on demand).
 
 pub mod common;
+use common::fake_http::{Fake, Response};
 use common::*;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,62 +19,6 @@ const PENDING_CS: &str = "正在思考，回答稍后会自动发送给您。";
 const HINT: &str = "\n（回复任意消息查看后续）";
 
 // ---------------------------------------------------------------------------------------------
-// A minimal HTTP/1.1 server: one thread per connection, `handle(method, path, body)`.
-
-type Handler = Arc<dyn Fn(&str, &str, &[u8]) -> (u16, String) + Send + Sync>;
-
-fn serve(handler: Handler) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let handler = Arc::clone(&handler);
-            std::thread::spawn(move || serve_one(conn, &handler));
-        }
-    });
-    port
-}
-
-fn serve_one(mut conn: TcpStream, handler: &Handler) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 8192];
-    let head_end = loop {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    while raw.len() < head_end + len {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-    }
-    let mut words = head.split(' ');
-    let method = words.next().unwrap_or("").to_string();
-    let path = words.next().unwrap_or("").to_string();
-    let (status, answer) = handler(&method, &path, &raw[head_end..head_end + len]);
-    let reply = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-        answer.len()
-    );
-    let _ = conn.write_all(reply.as_bytes());
-}
-
-// ---------------------------------------------------------------------------------------------
 // The business backend (go-wx-gateway protocol), by the message's Content:
 //   "slow …" answers after 20 s, "wait …" after 4.5 s, "mid …" after 2.5 s:
 //   "answer to: <content>";
@@ -81,7 +26,7 @@ fn serve_one(mut conn: TcpStream, handler: &Handler) {
 //   anything else "echo: <content>" at once.
 
 struct Backend {
-    port: u16,
+    fake: Fake,
     /// (Content, FromUserName) of every call, in arrival order.
     calls: Arc<Mutex<Vec<(String, String)>>>,
     finished: Arc<Mutex<Vec<String>>>,
@@ -92,19 +37,19 @@ impl Backend {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let finished = Arc::new(Mutex::new(Vec::new()));
         let (c, f) = (Arc::clone(&calls), Arc::clone(&finished));
-        let port = serve(Arc::new(move |_, _, body| {
-            let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let fake = Fake::start(move |req| {
+            let json = req.json_or_null();
             let content = json["Content"].as_str().unwrap_or("").to_string();
             let from = json["FromUserName"].as_str().unwrap_or("").to_string();
             c.lock().unwrap().push((content.clone(), from));
             let answer = if content.starts_with("slow") {
-                std::thread::sleep(Duration::from_secs(20));
+                fake_http::sleep(Duration::from_secs(20));
                 serde_json::json!({"type": "text", "msg": format!("answer to: {content}")})
             } else if content.starts_with("wait") {
-                std::thread::sleep(Duration::from_millis(4500));
+                fake_http::sleep(Duration::from_millis(4500));
                 serde_json::json!({"type": "text", "msg": format!("answer to: {content}")})
             } else if content.starts_with("mid") {
-                std::thread::sleep(Duration::from_millis(2500));
+                fake_http::sleep(Duration::from_millis(2500));
                 serde_json::json!({"type": "text", "msg": format!("answer to: {content}")})
             } else if content == "long" {
                 serde_json::json!({"type": "text", "msg": long_text()})
@@ -114,17 +59,17 @@ impl Backend {
                 serde_json::json!({"type": "text", "msg": format!("echo: {content}")})
             };
             f.lock().unwrap().push(content);
-            (200, answer.to_string())
-        }));
+            Response::json(200, answer.to_string())
+        });
         Backend {
-            port,
+            fake,
             calls,
             finished,
         }
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/wx", self.port)
+        self.fake.url("/wx")
     }
 
     fn calls_for(&self, content: &str) -> usize {
@@ -170,7 +115,7 @@ struct ApiState {
 }
 
 struct FakeWeChat {
-    port: u16,
+    fake: Fake,
     state: Arc<Mutex<ApiState>>,
     /// The next custom/send answers 40001 (token invalid) once.
     invalid_once: Arc<AtomicBool>,
@@ -182,58 +127,51 @@ impl FakeWeChat {
         let invalid_once = Arc::new(AtomicBool::new(false));
         let (st, inv) = (Arc::clone(&state), Arc::clone(&invalid_once));
         static SERIAL: AtomicU64 = AtomicU64::new(0);
-        let port = serve(Arc::new(move |method, path, body| {
-            let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let fake = Fake::start(move |req| {
+            let json = req.json_or_null();
             let mut s = st.lock().unwrap();
-            if path.starts_with("/cgi-bin/stable_token") && method == "POST" {
+            if req.target.starts_with("/cgi-bin/stable_token") && req.method == "POST" {
                 if json["appid"] != "wxlate" || json["secret"] != SECRET {
-                    return (
+                    return Response::json(
                         200,
-                        r#"{"errcode":40125,"errmsg":"invalid appsecret"}"#.into(),
+                        r#"{"errcode":40125,"errmsg":"invalid appsecret"}"#,
                     );
                 }
                 s.token_fetches += 1;
                 let n = SERIAL.fetch_add(1, Ordering::SeqCst);
                 let token = format!("ACCESS-TOKEN-{n}-xyz");
-                return (
-                    200,
-                    serde_json::json!({"access_token": token, "expires_in": 7200}).to_string(),
-                );
+                let answer = serde_json::json!({"access_token": token, "expires_in": 7200});
+                return Response::json(200, answer.to_string());
             }
-            if let Some(query) = path.strip_prefix("/cgi-bin/message/custom/send?") {
-                let token = query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("access_token="))
-                    .unwrap_or("")
-                    .to_string();
+            if req.target.starts_with("/cgi-bin/message/custom/send?") {
+                let token = req.query_param("access_token").unwrap_or("").to_string();
                 if inv.swap(false, Ordering::SeqCst) {
-                    return (
+                    return Response::json(
                         200,
-                        r#"{"errcode":40001,"errmsg":"invalid credential"}"#.into(),
+                        r#"{"errcode":40001,"errmsg":"invalid credential"}"#,
                     );
                 }
                 let to = json["touser"].as_str().unwrap_or("").to_string();
                 if s.out_of_window.contains(&to) {
-                    return (
+                    return Response::json(
                         200,
-                        r#"{"errcode":45015,"errmsg":"response out of time limit or subscription is canceled"}"#
-                            .into(),
+                        r#"{"errcode":45015,"errmsg":"response out of time limit or subscription is canceled"}"#,
                     );
                 }
                 s.sent.push((token, json));
-                return (200, r#"{"errcode":0,"errmsg":"ok"}"#.into());
+                return Response::json(200, r#"{"errcode":0,"errmsg":"ok"}"#);
             }
-            (404, r#"{"errcode":-1}"#.into())
-        }));
+            Response::json(404, r#"{"errcode":-1}"#)
+        });
         FakeWeChat {
-            port,
+            fake,
             state,
             invalid_once,
         }
     }
 
     fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.fake.url("")
     }
 
     /// Texts pushed to `user`, in order.

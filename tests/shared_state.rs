@@ -27,7 +27,7 @@ impl Backend {
     fn start() -> Backend {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&calls);
-        let fake = fake_http::Fake::start(Arc::new(move |path: &str, body: &str| {
+        let fake = fake_http::Fake::simple(move |path, body| {
             seen.lock().expect("calls").push(Instant::now());
             let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
             let content = json["Content"].as_str().unwrap_or("");
@@ -36,7 +36,7 @@ impl Backend {
                 .and_then(|p| p.split('/').next())
                 .and_then(|ms| ms.parse::<u64>().ok());
             if let Some(ms) = sleep_ms {
-                std::thread::sleep(Duration::from_millis(ms));
+                fake_http::sleep(Duration::from_millis(ms));
             }
             if content == "more" {
                 return (200, r#"{"type": "none"}"#.to_string());
@@ -50,7 +50,7 @@ impl Backend {
                 200,
                 serde_json::json!({"type": "text", "msg": msg}).to_string(),
             )
-        }));
+        });
         Backend { fake, calls }
     }
 
@@ -1049,7 +1049,7 @@ fn two_instances_share_one_access_token_from_redis() {
     // of its own would invalidate the other's.
     let fetches = Arc::new(AtomicU64::new(0));
     let seen = Arc::clone(&fetches);
-    let api = fake_http::Fake::start(Arc::new(move |path: &str, _body: &str| {
+    let api = fake_http::Fake::simple(move |path, _body| {
         if path.starts_with("/cgi-bin/stable_token") {
             let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
             return (
@@ -1069,7 +1069,7 @@ fn two_instances_share_one_access_token_from_redis() {
                 r#"{"errcode":40001,"errmsg":"invalid credential"}"#.into(),
             )
         }
-    }));
+    });
     let backend = Backend::start();
     let config = format!(
         "shared_state = \"{}\"\napi_base = \"http://127.0.0.1:{}\"\ndedup_seconds = 0\n{}",
