@@ -22,8 +22,8 @@ fn exchange(port: u16, raw: &[u8]) -> String {
 fn the_handler_gets_the_request_and_its_answer_is_sent() {
     let fake = Fake::recording(|req| {
         Response::new(201, format!("{} {} {}", req.method, req.path, req.text()))
-            .header("Set-Cookie", "a=1")
-            .header("Set-Cookie", "b=2")
+            .with_header("Set-Cookie", "a=1")
+            .with_header("Set-Cookie", "b=2")
     });
     let answer = exchange(
         fake.port,

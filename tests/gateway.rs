@@ -334,7 +334,7 @@ fn answers_are_read_as_the_gateway_reads_them() {
             .unwrap_or(usize::MAX);
         match table.get(row) {
             Some((status, body, _)) => {
-                Response::new(*status, *body).header("Content-Type", "application/json")
+                Response::new(*status, *body).with_header("Content-Type", "application/json")
             }
             None => Response::new(400, b"no such row"),
         }
@@ -552,14 +552,14 @@ fn redirect_url_protocol_is_a_reverse_proxy() {
         let v = req.json_or_null();
         match v["state"].as_str().unwrap_or("") {
             "login" => Response::new(302, "")
-                .header("Location", "https://shop.example.com/home")
-                .header("Set-Cookie", "sid=abc; Path=/; HttpOnly")
-                .header("Set-Cookie", "lang=zh; Path=/")
-                .header("X-Accel-Redirect", "/internal/secret")
-                .header("X-Custom", "kept"),
+                .with_header("Location", "https://shop.example.com/home")
+                .with_header("Set-Cookie", "sid=abc; Path=/; HttpOnly")
+                .with_header("Set-Cookie", "lang=zh; Path=/")
+                .with_header("X-Accel-Redirect", "/internal/secret")
+                .with_header("X-Custom", "kept"),
             "page" => Response::new(200, b"<html><body>\xc4\xe3\xba\xc3 page</body></html>")
-                .header("Content-Type", "text/html; charset=gbk"),
-            _ => Response::new(404, "no such menu").header("Content-Type", "text/plain"),
+                .with_header("Content-Type", "text/html; charset=gbk"),
+            _ => Response::new(404, "no such menu").with_header("Content-Type", "text/plain"),
         }
     });
     let (r, nginx) = oauth_setup(

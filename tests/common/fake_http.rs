@@ -44,10 +44,7 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        super::header_in(&self.headers, name)
     }
 
     /// The query (after `?`), empty without one.
@@ -84,13 +81,8 @@ impl Request {
 }
 
 /// What the fake answers: status, header lines (`Content-Length` and `Connection: close` are
-/// added), body.
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
+/// added), body; the harness's one HTTP response type.
+pub use super::HttpResponse as Response;
 
 impl Response {
     /// `body` with no header of its own (not even a `Content-Type`).
@@ -104,11 +96,11 @@ impl Response {
 
     /// `body` as `Content-Type: application/json`.
     pub fn json(status: u16, body: impl Into<String>) -> Response {
-        Response::new(status, body.into()).header("Content-Type", "application/json")
+        Response::new(status, body.into()).with_header("Content-Type", "application/json")
     }
 
     /// Adds a header line (repeat it for a header sent twice).
-    pub fn header(mut self, name: &str, value: &str) -> Response {
+    pub fn with_header(mut self, name: &str, value: &str) -> Response {
         self.headers.push((name.to_string(), value.to_string()));
         self
     }
