@@ -252,7 +252,14 @@ impl Shared {
 
 fn accept(listener: &TcpListener, shared: &Arc<Shared>, handler: &Arc<Handler>) {
     for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
+        let Ok(conn) = conn else {
+            // Out of descriptors, say: no busy loop, and stop if the fake was dropped.
+            if shared.conns().stopped {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
         let id = {
             let mut conns = shared.conns();
             if conns.stopped {
