@@ -373,7 +373,14 @@ fn serve<'c>(
     log.account = &account.name;
     log.counters = Some(&account.counters);
     let query = request.param("QUERY_STRING").unwrap_or(b"");
-    let [timestamp, nonce, signature, echostr, encrypt_type, msg_signature] = query::get_all(
+    let [
+        timestamp,
+        nonce,
+        signature,
+        echostr,
+        encrypt_type,
+        msg_signature,
+    ] = query::get_all(
         query,
         [
             "timestamp",
