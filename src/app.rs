@@ -373,9 +373,29 @@ fn serve<'c>(
     log.account = &account.name;
     log.counters = Some(&account.counters);
     let query = request.param("QUERY_STRING").unwrap_or(b"");
-    let timestamp = query::get(query, "timestamp").unwrap_or_default();
-    let nonce = query::get(query, "nonce").unwrap_or_default();
-    let signature = query::get(query, "signature").unwrap_or_default();
+    let [
+        timestamp,
+        nonce,
+        signature,
+        echostr,
+        encrypt_type,
+        msg_signature,
+    ] = query::get_all(
+        query,
+        [
+            "timestamp",
+            "nonce",
+            "signature",
+            "echostr",
+            "encrypt_type",
+            "msg_signature",
+        ],
+    );
+    let (timestamp, nonce, signature) = (
+        timestamp.unwrap_or_default(),
+        nonce.unwrap_or_default(),
+        signature.unwrap_or_default(),
+    );
     let token = account.token.expose().as_bytes();
     let signed = signature::verify(token, &timestamp, &nonce, &signature);
     match request.param("REQUEST_METHOD").unwrap_or(b"") {
@@ -388,7 +408,7 @@ fn serve<'c>(
                 log.replay = true;
                 return refuse(response, 403, "timestamp outside timestamp_window");
             }
-            let Some(echostr) = query::get(query, "echostr") else {
+            let Some(echostr) = echostr else {
                 return refuse(response, 400, "GET without echostr");
             };
             if !echostr_is_token(&echostr) {
@@ -427,13 +447,13 @@ fn serve<'c>(
                     return refuse(response, 403, reason);
                 }
             }
-            let encrypted = query::get(query, "encrypt_type").as_deref() == Some(b"aes");
+            let encrypted = encrypt_type.as_deref() == Some(b"aes");
             SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
                 let scratch = &mut *scratch;
                 if encrypted {
                     log.mode = "aes";
-                    let msg_signature = query::get(query, "msg_signature").unwrap_or_default();
+                    let msg_signature = msg_signature.unwrap_or_default();
                     let ctx = SafeRequest {
                         timestamp: &timestamp,
                         nonce: &nonce,

@@ -10,8 +10,8 @@
 # systemd-nspawn when missing; measured here: the release build of the .deb about 1.5 minutes,
 # 40-100 s in the container, and once per machine about 4 minutes more for `cargo install
 # cargo-deb` and the debootstrap of the cached root), and the Redis drop-ins in a booted
-# Debian 12 (tests/ops/shared-state-nspawn.sh: a release build with `--features redis` and
-# about 1 minute, plus 2 the first time for its cached root).
+# Debian 12 (tests/ops/shared-state-nspawn.sh: the package's binary, `--features tls,redis`,
+# and about 1 minute, plus 2 the first time for its cached root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -500,7 +500,14 @@ fn max_conns_refuses_when_every_connection_is_in_a_request() {
             s
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // Both begun on a worker (a fixed sleep was not always enough on a loaded machine: a
+    // connection not yet read counts as idle and is evicted instead).
+    let handle = f.server.as_ref().unwrap().handle();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handle.stats().in_flight < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(handle.stats().in_flight, 2);
     let mut extra = f.connect();
     assert!(client::request(&mut extra, 1, &params("/x"), b"", false).is_err());
     let stats = f.server.as_ref().unwrap().handle().stats();

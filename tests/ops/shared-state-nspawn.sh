@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # shared-state-nspawn.sh — weixin-fcgi reaching Redis from its hardened unit, on a real systemd.
 #
-#   tests/ops/shared-state-nspawn.sh [PATH-TO-weixin-fcgi built with --features redis]
+#   tests/ops/shared-state-nspawn.sh [PATH-TO-weixin-fcgi built with --features redis (default: tls,redis as the package)]
 #
 # Builds (or reuses) a Debian 12 root with debootstrap (systemd, redis-server), cached under
 # target/nspawn/bookworm-redis; boots a fresh copy with systemd-nspawn (systemd as PID 1, a
@@ -45,7 +45,8 @@ fi
 
 BINARY=${1:-}
 if [ -z "$BINARY" ]; then
-    (cd "$REPO" && cargo release-static --quiet --features redis >&2)
+    # The package's features: after tests/ops/systemd-e2e.sh this is the .deb's binary.
+    (cd "$REPO" && cargo release-static --quiet --features tls,redis >&2)
     BINARY=$REPO/target/x86_64-unknown-linux-gnu/release/weixin-fcgi
 fi
 [ -x "$BINARY" ] || { echo "shared-state-nspawn: $BINARY is not executable" >&2; exit 2; }

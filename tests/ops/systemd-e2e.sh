@@ -221,6 +221,16 @@ else
     fail package "after install: socket $(ct systemctl is-enabled weixin-fcgi.socket)/$(ct systemctl is-active weixin-fcgi.socket), service $(ct systemctl is-active weixin-fcgi.service), config $modes"
 fi
 
+# The packaged binary has Redis support: a config with shared_state passes the check (Redis
+# itself is tested in tests/ops/shared-state-nspawn.sh with the same binary).
+write_config "You said:" 'shared_state = "redis://127.0.0.1:6379/0"'
+if out=$(ct weixin-fcgi check --config "$CONFIG" 2>&1) && grep -q 'redis://127.0.0.1:6379/0' <<<"$out"; then
+    pass package "the packaged binary accepts shared_state (built with tls,redis)"
+else
+    fail package "weixin-fcgi check with shared_state:"
+    indent <<<"$out"
+fi
+
 # README.md step 2: edit the config, check it.
 write_config "You said:"
 ct weixin-fcgi check --config "$CONFIG" > /dev/null

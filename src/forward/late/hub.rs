@@ -39,6 +39,7 @@ use super::persist::Persister;
 use crate::config::LateSettings as Settings;
 use crate::forward::backend::{self, OwnedReply};
 use crate::forward::{Job, Waiter, render_to};
+use crate::logger::Throttle;
 use crate::rules::{Forward, Late, LateMode, ReplyTemplate};
 use crate::state::{self, MemoryStore, Store};
 use crate::wechat::message::Message;
@@ -65,6 +66,8 @@ const DONE_TTL: Duration = Duration::from_secs(20);
 const PUSH_QUEUE: usize = 256;
 /// Timeout of one WeChat API exchange.
 const API_TIMEOUT: Duration = Duration::from_secs(5);
+/// Least time between two warnings about answers dropped at the bounds (and state file errors).
+pub(super) const WARN_EVERY: Duration = Duration::from_secs(60);
 /// Least time between two recounts of kept parts against the shared store.
 const RECOUNT_EVERY: Duration = Duration::from_secs(5);
 /// The customer-service message API.
@@ -208,7 +211,7 @@ pub struct Hub {
     /// This hub, for the threads it starts.
     me: Weak<Hub>,
     /// Answers dropped at the bounds: one warning a minute.
-    full_warning: RateLimited,
+    full_warning: Throttle,
 }
 
 impl Hub {
@@ -244,7 +247,7 @@ impl Hub {
         };
         let hub = Arc::new_cyclic(|me| Hub {
             me: me.clone(),
-            full_warning: RateLimited::default(),
+            full_warning: Throttle::new(WARN_EVERY),
             ledger,
             settings,
             store,
@@ -554,7 +557,7 @@ impl Hub {
         {
             let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
             if !self.within_bounds_of(&ledger, &prefix, items.len(), bytes) {
-                if let Some(left_out) = self.full_warning.allow() {
+                if let Some(left_out) = self.full_warning.hit(Instant::now()).map(|n| n - 1) {
                     crate::log_warn!(
                         "late account={account} rule={rule} result=dropped reason=\"kept answers of this account at their bound (late_max_answers {}, late_max_bytes {}): {} part(s) not kept\" user={:08x} similar_warnings_left_out={left_out}",
                         self.settings.max_parts,
@@ -567,7 +570,7 @@ impl Hub {
             }
             let refs: Vec<&[u8]> = items.iter().map(Vec::as_slice).collect();
             if let Err(e) = self.kept.push(&user_key, &refs, self.settings.keep) {
-                if let Some(left_out) = self.full_warning.allow() {
+                if let Some(left_out) = self.full_warning.hit(Instant::now()).map(|n| n - 1) {
                     crate::log_warn!(
                         "late account={account} rule={rule} result=dropped reason=\"{e}\" user={:08x} similar_warnings_left_out={left_out}",
                         short(to_user)
@@ -980,31 +983,6 @@ fn ledger_of(kept: &MemoryStore) -> HashMap<String, Kept> {
     ledger
 }
 
-/// One warning a minute for a repeated condition, with how many were left out.
-#[derive(Default)]
-pub(super) struct RateLimited {
-    next: AtomicU64,
-    dropped: AtomicU64,
-}
-
-impl RateLimited {
-    /// `Some(left out since the last one)` when a warning may be written now.
-    pub(super) fn allow(&self) -> Option<u64> {
-        let now = unix_time();
-        let next = self.next.load(Ordering::Acquire);
-        if now >= next
-            && self
-                .next
-                .compare_exchange(next, now + 60, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            return Some(self.dropped.swap(0, Ordering::AcqRel));
-        }
-        self.dropped.fetch_add(1, Ordering::AcqRel);
-        None
-    }
-}
-
 /// A short id of an OpenID for logs (the OpenID itself is personal data).
 fn short(openid: &str) -> u32 {
     openid.bytes().fold(0x811c_9dc5u32, |h, b| {
@@ -1160,15 +1138,5 @@ mod tests {
             media_id: "M".to_string(),
         });
         assert_eq!(split_answer(image.clone(), 10, hint), [image]);
-    }
-
-    #[test]
-    fn warnings_are_rate_limited() {
-        let r = RateLimited::default();
-        assert_eq!(r.allow(), Some(0));
-        assert_eq!(r.allow(), None);
-        assert_eq!(r.allow(), None);
-        r.next.store(0, Ordering::Release);
-        assert_eq!(r.allow(), Some(2));
     }
 }

@@ -25,7 +25,7 @@ struct Shared {
     wake: Condvar,
     nap: Mutex<()>,
     /// A failing disk: one error a minute.
-    failing: super::hub::RateLimited,
+    failing: crate::logger::Throttle,
 }
 
 impl Persister {
@@ -38,7 +38,7 @@ impl Persister {
             saving: Mutex::new(()),
             wake: Condvar::new(),
             nap: Mutex::new(()),
-            failing: super::hub::RateLimited::default(),
+            failing: crate::logger::Throttle::new(super::hub::WARN_EVERY),
         });
         let weak = Arc::downgrade(&shared);
         let started = std::thread::Builder::new()
@@ -79,7 +79,7 @@ impl Shared {
     fn save(&self) {
         let _one = self.saving.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = self.store.save(KEY_PREFIX, &self.path) {
-            if let Some(left_out) = self.failing.allow() {
+            if let Some(left_out) = self.failing.hit(std::time::Instant::now()).map(|n| n - 1) {
                 crate::log_error!(
                     "late: cannot write the state file {}: {e} (kept answers would not survive a restart) similar_errors_left_out={left_out}",
                     self.path.display()
