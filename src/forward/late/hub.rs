@@ -430,6 +430,22 @@ impl Hub {
                 format!("account {account_name:?} has no rule {rule_name:?} with `late` any more")
             })?;
         let settings = forward.late.as_ref().ok_or("no late settings")?;
+        // The file is ours, but read as hostile: the path is one `backend::path_for` makes
+        // (`/msg/…` or `/event/…`, percent-encoded), so it cannot leave the rule's URL.
+        let path = text("path");
+        let encoded = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.~%".contains(&b))
+        };
+        let path_ok = match forward.target {
+            crate::rules::Target::Http { .. } => (path.strip_prefix("/msg/"))
+                .or_else(|| path.strip_prefix("/event/"))
+                .is_some_and(encoded),
+            crate::rules::Target::Exec { .. } => path.is_empty(),
+        };
+        if !path_ok {
+            return Err(format!("its path {path:?} is not a message or event path"));
+        }
         let credentials = match (&account.app_id, &account.app_secret) {
             (Some(id), Some(secret)) => Some(Credentials {
                 api_base: config.api_base.clone(),
@@ -452,13 +468,16 @@ impl Hub {
             is_event: r["is_event"].as_bool().unwrap_or(false),
             hub: Some(Arc::clone(self)),
         };
-        let env = (r["env"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter())
-        .filter_map(|kv| Some((kv[0].as_str()?.to_string(), kv[1].as_str()?.to_string())))
-        .collect();
+        // Only the `WX_…` variables `Job::new` sets.
+        let pairs = r["env"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let env = (pairs.iter())
+            .filter_map(|kv| Some((kv[0].as_str()?.to_string(), kv[1].as_str()?.to_string())))
+            .filter(|(k, _)| {
+                k.strip_prefix("WX_").is_some_and(|n| {
+                    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                })
+            })
+            .collect();
         let count = |name: &str, default: usize| {
             (r[name].as_u64())
                 .and_then(|n| usize::try_from(n).ok())
@@ -475,7 +494,7 @@ impl Hub {
             account: account_name,
             rule: rule_name,
             key: r["key"].as_str().map(str::to_string),
-            path: text("path"),
+            path,
             body: text("body").into_bytes(),
             env,
             to_user: text("to_user"),
@@ -1277,6 +1296,55 @@ mod tests {
             pic_url: p.into(),
             url: u.into(),
         }
+    }
+
+    #[test]
+    fn saved_calls_are_rebuilt_on_the_rule_of_the_same_name_and_read_as_hostile() {
+        let config = crate::config::Config::parse(
+            "[[account]]\nname = \"bot\"\npath = \"/weixin\"\ntoken = \"t\"\n\
+             [[account.rule]]\nname = \"ask\"\nreply = { type = \"forward\", url = \
+             \"http://127.0.0.1:9/gw\", late = \"next_message\" }\n\
+             [[account.rule]]\nname = \"plain\"\nreply = { type = \"forward\", url = \
+             \"http://127.0.0.1:9/gw\" }\n",
+            "test.toml",
+        )
+        .expect("config");
+        let hub = Hub::new(
+            config.late.clone(),
+            Arc::new(MemoryStore::new(1 << 20)),
+            Arc::new(MemoryStore::new(1 << 20)),
+            None,
+        );
+        let record = |rule: &str, path: &str| {
+            serde_json::to_vec(&json!({
+                "account": "bot", "rule": rule, "key": null, "path": path,
+                "body": "{\"Content\":\"hi\"}",
+                "env": [["WX_Content", "hi"], ["LD_PRELOAD", "x"], ["WX_", "y"]],
+                "to_user": "oU", "from_user": "gh", "text_max_bytes": 2048, "max_articles": 8,
+                "message": "m1", "is_event": false, "fallback": null,
+            }))
+            .unwrap()
+        };
+        let job = hub
+            .rebuild(&config, &record("ask", "/msg/text"))
+            .expect("rebuilt");
+        assert_eq!(
+            (job.path.as_str(), job.to_user.as_str()),
+            ("/msg/text", "oU")
+        );
+        assert_eq!(job.env, [("WX_Content".to_string(), "hi".to_string())]);
+        assert!(job.late.as_ref().is_some_and(|l| l.message == "m1"));
+        for (rule, path, why) in [
+            ("ask", "/../admin", "not a message or event path"),
+            ("ask", "/msg/text?x=1", "not a message or event path"),
+            ("ask", "http://evil/", "not a message or event path"),
+            ("plain", "/msg/text", "has no rule \"plain\" with `late`"),
+            ("gone", "/msg/text", "has no rule \"gone\""),
+        ] {
+            let err = hub.rebuild(&config, &record(rule, path)).err().expect(path);
+            assert!(err.contains(why), "{rule} {path}: {err}");
+        }
+        assert!(hub.rebuild(&config, b"\xff not json").is_err());
     }
 
     #[test]
