@@ -69,24 +69,9 @@ fn message(content: &str) -> String {
     )
 }
 
-/// One attempt as WeChat makes it: given up after `wait`; `None` when nothing came in time.
+/// One attempt as WeChat makes it, given up after `wait`.
 fn attempt(port: u16, message: &str, wait: Duration) -> Option<(u16, Option<String>)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(wait))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent
-        .post(format!(
-            "http://127.0.0.1:{port}/weixin?{}",
-            signed_query(TOKEN)
-        ))
-        .header("Content-Type", "text/xml")
-        .send(message.as_bytes())
-        .ok()?;
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().ok()?;
-    Some((status, xml_field(&text, "Content")))
+    wechat_attempt(port, TOKEN, message, wait)
 }
 
 /// Sends a message the backend answers only after 11 s, then stops the process while the call
