@@ -9,7 +9,7 @@ seconds="${FUZZ_SECONDS:-60}"
 sanitizer="${FUZZ_SANITIZER:-address}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(fastcgi_records message_xml safe_decrypt config_parse template_render gateway_json)
+    targets=(fastcgi_records message_xml safe_decrypt config_parse template_render gateway_json query_params)
 fi
 export RUSTC_BOOTSTRAP="${RUSTC_BOOTSTRAP:-1}"
 for t in "${targets[@]}"; do

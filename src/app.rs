@@ -105,14 +105,17 @@ impl App {
             Some(_) => ReplayCache::shared(backed(&replay_store)),
             None => ReplayCache::local(config.replay_cache_bytes),
         };
+        let forwarder = Arc::new(Forwarder::new(
+            config.forward,
+            config.late.clone(),
+            retry_store,
+            Arc::clone(&metrics),
+            shared.clone(),
+        ));
+        // Late backend calls the previous process saved at stop are made again.
+        forwarder.resume(&config);
         App {
-            forwarder: Arc::new(Forwarder::new(
-                config.forward,
-                config.late.clone(),
-                retry_store,
-                Arc::clone(&metrics),
-                shared.clone(),
-            )),
+            forwarder,
             shared_state: shared,
             refusals: Bursts::default(),
             config: RwLock::new(Arc::new(config)),
@@ -510,28 +513,10 @@ fn oauth_redirect<'c>(
         code,
         state: text("state").unwrap_or_default(),
         browser: browser(request),
-        user_info: user_info_credentials(config, account),
+        user_info: forward::userinfo::Credentials::for_account(config, account),
     }));
     log.outcome = "oauth";
     Ok(())
-}
-
-/// The account's API credentials when it has `user_info = true`.
-fn user_info_credentials(
-    config: &Config,
-    account: &Account,
-) -> Option<forward::userinfo::Credentials> {
-    let (true, Some(app_id), Some(secret)) =
-        (account.user_info, &account.app_id, &account.app_secret)
-    else {
-        return None;
-    };
-    Some(forward::userinfo::Credentials {
-        api_base: config.api_base.clone(),
-        account: account.name.clone(),
-        app_id: app_id.clone(),
-        app_secret: secret.expose().to_string(),
-    })
 }
 
 /// What the browser sent, bounded: request headers from the `HTTP_*` parameters.
@@ -840,7 +825,7 @@ fn answer<'c>(
                 forward::Job::new(fw, &account.name, &rule.name, msg, limits, fallback, dedup);
             job.with_late(msg, account, &config.api_base, config.text_max_bytes);
             if matches!(fw.target, rules::Target::Http { .. }) {
-                job.user_info = user_info_credentials(config, account);
+                job.user_info = forward::userinfo::Credentials::for_account(config, account);
             }
             log.deferred = Some(Box::new(job));
             log.outcome = "forward";

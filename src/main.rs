@@ -256,9 +256,9 @@ fn run(args: Args, activation: listen::Activation) -> Result<(), String> {
         }
     }
     if app.working() {
+        // The late hub says what becomes of them (saved for the next start, or lost).
         log_warn!(
-            "stopping with {} backend call(s) or push(es) unfinished after {}s: their users got \
-             `pending` and will not get these answers",
+            "stopping with {} backend call(s) or push(es) unfinished after {}s",
             app.unfinished(),
             STOP_DEADLINE.as_secs()
         );

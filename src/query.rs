@@ -42,14 +42,14 @@ pub fn get_all<'a, const N: usize>(
             None => (pair, &pair[..0]),
         };
         let k = decode(k);
-        if let Some(i) = names.iter().position(|n| n.as_bytes() == k.as_ref()) {
-            if found[i].is_none() {
-                found[i] = Some(decode(v));
+        for (name, slot) in names.iter().zip(found.iter_mut()) {
+            if slot.is_none() && name.as_bytes() == k.as_ref() {
+                *slot = Some(decode(v));
                 left -= 1;
-                if left == 0 {
-                    break;
-                }
             }
+        }
+        if left == 0 {
+            break;
         }
     }
     found
@@ -112,6 +112,12 @@ mod tests {
         assert_eq!(nonce.as_deref(), Some(&b"first"[..]));
         assert_eq!(sig.as_deref(), Some(&b"abc"[..]));
         assert_eq!(missing, None);
+        // The same name twice: both get the first pair's value.
+        let [a, b] = get_all(q2, ["nonce", "nonce"]);
+        assert_eq!(
+            (a.as_deref(), b.as_deref()),
+            (Some(&b"first"[..]), Some(&b"first"[..]))
+        );
         for name in ["signature", "nonce", "echostr", "flag", "bad", "missing"] {
             assert_eq!(get_all(q, [name])[0], get(q, name), "{name}");
         }

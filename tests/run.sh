@@ -21,6 +21,7 @@ command -v cgi-fcgi >/dev/null 2>&1 || need+=(libfcgi-bin)
 command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v c++ >/dev/null 2>&1 || need+=(g++) # libfuzzer-sys, for the fuzz targets' check
 /usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1 || need+=(python3 python3-cryptography)
 /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need+=(python3-prometheus-client)
 if [ ${#need[@]} -gt 0 ]; then
@@ -39,6 +40,8 @@ echo "== cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 echo "== cargo clippy --all-targets --features redis -- -D warnings"
 cargo clippy --quiet --all-targets --features redis -- -D warnings
+echo "== cargo check --manifest-path fuzz/Cargo.toml (the fuzz targets still build)"
+cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
 echo "== cargo test"
 cargo test --quiet --workspace --no-fail-fast
 echo "== cargo test --features redis --lib --test shared_state"

@@ -132,6 +132,17 @@ fn attempt(port: u16, message: &str) -> (u16, Option<String>) {
 /// Keys of one kind (`KEYS weixin-fcgi:*:KIND:*`) with their remaining TTL in ms and value,
 /// read with the redis crate.
 fn shared_keys(redis: &RedisServer, kind: &str) -> Vec<(String, i64, Vec<u8>)> {
+    shared_entries(redis, kind, |c, k| {
+        redis::cmd("GET").arg(k).query(c).unwrap_or_default()
+    })
+}
+
+/// Keys of one kind with their remaining TTL in ms and what `read` reads of each.
+fn shared_entries<T>(
+    redis: &RedisServer,
+    kind: &str,
+    read: impl Fn(&mut redis::Connection, &str) -> T,
+) -> Vec<(String, i64, T)> {
     let client = redis::Client::open(redis.url()).expect("client");
     let mut c = client.get_connection().expect("connect to redis-server");
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -141,7 +152,7 @@ fn shared_keys(redis: &RedisServer, kind: &str) -> Vec<(String, i64, Vec<u8>)> {
     keys.into_iter()
         .map(|k| {
             let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut c).expect("PTTL");
-            let v: Vec<u8> = redis::cmd("GET").arg(&k).query(&mut c).unwrap_or_default();
+            let v = read(&mut c, &k);
             (k, ttl, v)
         })
         .collect()
@@ -815,24 +826,9 @@ fn a_stalled_redis_is_tried_once_per_second_while_memory_answers() {
     assert!(!store.degraded());
 }
 
-/// One attempt as WeChat makes it: given up after `wait`. `None` when nothing came in time.
+/// One attempt as WeChat makes it, given up after `wait`.
 fn attempt_within(port: u16, message: &str, wait: Duration) -> Option<(u16, Option<String>)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(wait))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent
-        .post(format!(
-            "http://127.0.0.1:{port}/weixin?{}",
-            signed_query(TOKEN)
-        ))
-        .header("Content-Type", "text/xml")
-        .send(message.as_bytes())
-        .ok()?;
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().ok()?;
-    Some((status, xml_field(&text, "Content")))
+    wechat_attempt(port, TOKEN, message, wait)
 }
 
 #[test]
@@ -840,18 +836,7 @@ fn a_late_rule_counts_wechat_attempts_and_calls_the_backend_once_across_instance
     let redis = RedisServer::start();
     let backend = Backend::start();
     // Attempts of 600 ms (as WeChat's 5 s, shortened), a backend that needs 2.5 s.
-    let config = format!(
-        "wechat_attempt_ms = 600\nshared_state = \"{}\"\n{}",
-        redis.url(),
-        config_with_rules(
-            TOKEN,
-            &format!(
-                "[[account.rule]]\nname = \"bot\"\nmsg_type = \"text\"\nreply = {{ type = \
-                 \"forward\", url = \"{}\", late = \"next_message\", late_timeout_ms = 10000 }}\n",
-                backend.url("sleep-2500")
-            ),
-        )
-    );
+    let config = late_config(&redis, &backend.url("sleep-2500"), 600, "");
     let a = start_instance(&config);
     let b = start_instance(&config);
     let (nginx_a, nginx_b) = (Nginx::start(&a.socket, true), Nginx::start(&b.socket, true));
@@ -898,19 +883,9 @@ fn a_late_rule_counts_wechat_attempts_and_calls_the_backend_once_across_instance
 
 /// Lists of one kind (`weixin-fcgi:*:KIND:*`) with their remaining TTL in ms and length.
 fn shared_lists(redis: &RedisServer, kind: &str) -> Vec<(String, i64, usize)> {
-    let client = redis::Client::open(redis.url()).expect("client");
-    let mut c = client.get_connection().expect("connect to redis-server");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("weixin-fcgi:*:{kind}:*"))
-        .query(&mut c)
-        .expect("KEYS");
-    keys.into_iter()
-        .map(|k| {
-            let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut c).expect("PTTL");
-            let len: usize = redis::cmd("LLEN").arg(&k).query(&mut c).expect("LLEN");
-            (k, ttl, len)
-        })
-        .collect()
+    shared_entries(redis, kind, |c, k| {
+        redis::cmd("LLEN").arg(k).query(c).expect("LLEN")
+    })
 }
 
 /// A config with one `late = "next_message"` rule to `url`, WeChat's attempts shortened to

@@ -23,9 +23,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use weixin_fcgi::app::App;
 use weixin_fcgi::config::Config;
-use weixin_fcgi::logger::LogLevel;
 use weixin_fcgi::fastcgi::record::{self, BeginRequest, Pairs, Parsed, kind};
 use weixin_fcgi::fastcgi::{Listener, Server, ServerConfig};
+use weixin_fcgi::logger::LogLevel;
 
 /// The same accounts the seeds (`examples/gen_seeds.rs`) are signed for.
 pub const CONFIG: &str = r#"
@@ -84,6 +84,7 @@ fn harness() -> &'static Harness {
                 max_body: 2048,
                 max_params: 2048,
                 io_timeout: Duration::from_millis(250),
+                idle_timeout: Duration::from_millis(250),
             },
             Arc::new(App::new(config)),
         )

@@ -363,6 +363,36 @@ impl Forwarder {
         }
     }
 
+    /// Takes a forward slot, if one is free.
+    fn acquire(&self) -> bool {
+        let slots = self.settings.slots;
+        self.busy
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < slots).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Makes again the late backend calls that were running when the previous process stopped
+    /// (saved in the state file), on the rules of `config`. Their answers are kept as usual.
+    pub fn resume(self: &Arc<Self>, config: &crate::config::Config) {
+        if !self
+            .late
+            .state_file
+            .as_deref()
+            .is_some_and(std::path::Path::exists)
+        {
+            return;
+        }
+        self.hub().resume(config, |job| {
+            let acquired = self.acquire();
+            if acquired {
+                self.dispatch(job, None);
+            }
+            acquired
+        });
+    }
+
     fn hub(&self) -> Arc<late::hub::Hub> {
         Arc::clone(self.hub.get_or_init(|| {
             // Kept parts get a local store of their own, the one saved to the state file;
@@ -389,14 +419,7 @@ impl Forwarder {
             complete,
             encrypt: job.encrypt.clone(),
         };
-        let acquire = || {
-            let slots = self.settings.slots;
-            self.busy
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < slots).then_some(n + 1)
-                })
-                .is_ok()
-        };
+        let acquire = || self.acquire();
         if let Some(late) = job.late.as_deref_mut() {
             let hub = self.hub();
             late.hub = Some(Arc::clone(&hub));

@@ -30,6 +30,26 @@ pub struct Credentials {
     pub app_secret: String,
 }
 
+impl Credentials {
+    /// The credentials of `account` when it has `user_info = true` and an AppID and AppSecret.
+    pub fn for_account(
+        config: &crate::config::Config,
+        account: &crate::config::Account,
+    ) -> Option<Credentials> {
+        let (true, Some(app_id), Some(secret)) =
+            (account.user_info, &account.app_id, &account.app_secret)
+        else {
+            return None;
+        };
+        Some(Credentials {
+            api_base: config.api_base.clone(),
+            account: account.name.clone(),
+            app_id: app_id.clone(),
+            app_secret: secret.expose().to_string(),
+        })
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")

@@ -249,8 +249,39 @@ pub fn try_http(
     path_and_query: &str,
     body: &[u8],
 ) -> Result<HttpResponse, ureq::Error> {
+    try_http_within(port, method, path_and_query, body, Duration::from_secs(10))
+}
+
+/// One attempt as WeChat makes it: `message` POSTed to `/weixin` through the nginx on `port`,
+/// signed with `token`, given up after `wait` (WeChat's 5 s, shortened by the tests). The
+/// status and the reply's Content (`None` for "success" or an error page); `None` when nothing
+/// came in time.
+pub fn wechat_attempt(
+    port: u16,
+    token: &str,
+    message: &str,
+    wait: Duration,
+) -> Option<(u16, Option<String>)> {
+    let query = format!("/weixin?{}", crate::common::signed_query(token));
+    let resp = try_http_within(port, "POST", &query, message.as_bytes(), wait).ok()?;
+    // A reply is XML; anything else ("success", nginx's error pages) has no Content.
+    let text = resp.text();
+    let content = (resp.status == 200 && text.starts_with("<xml>"))
+        .then(|| crate::common::xml_field(&text, "Content"))
+        .flatten();
+    Some((resp.status, content))
+}
+
+/// Like [`try_http`], given up after `timeout`.
+pub fn try_http_within(
+    port: u16,
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<HttpResponse, ureq::Error> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
+        .timeout_global(Some(timeout))
         .http_status_as_error(false)
         .proxy(None)
         .max_redirects(0)

@@ -68,6 +68,9 @@ const PUSH_QUEUE: usize = 256;
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 /// Least time between two warnings about answers dropped at the bounds (and state file errors).
 pub(super) const WARN_EVERY: Duration = Duration::from_secs(60);
+/// The key kind of a saved backend call ([`Hub::flush`], [`Hub::resume`]).
+const RESUME: &str = "late-resume";
+const RESUME_INFIX: &str = ":late-resume:";
 /// Least time between two recounts of kept parts against the shared store.
 const RECOUNT_EVERY: Duration = Duration::from_secs(5);
 /// The customer-service message API.
@@ -194,8 +197,13 @@ pub struct Hub {
     store: Arc<dyn Store>,
     /// Where kept parts go: the local store, or Redis backed by it (`shared_state`).
     kept: Arc<dyn Store>,
-    /// With `shared_state`: the local store under `kept`, taken from first.
+    /// With `shared_state`: the local store under `kept`, taken first.
     leftovers: Option<Arc<MemoryStore>>,
+    /// The local store (the one saved to the state file), also for calls to resume.
+    local: Arc<MemoryStore>,
+    /// Backend calls running now, by message key: (account, what [`Hub::resume`] needs to make
+    /// the call again). Saved to the state file at stop, if still running.
+    running: Mutex<HashMap<String, (String, Vec<u8>)>>,
     /// Unix seconds of the last [`Hub::recount`] (at most one per [`RECOUNT_EVERY`]).
     recounted: AtomicU64,
     persister: Option<Persister>,
@@ -238,6 +246,7 @@ impl Hub {
             Persister::start(Arc::clone(&kept), path.clone())
         });
         let ledger = Mutex::new(ledger_of(&kept));
+        let local = Arc::clone(&kept);
         let (kept, leftovers): (Arc<dyn Store>, _) = match shared {
             Some(shared) => (
                 shared.with_fallback(Arc::clone(&kept) as Arc<dyn Store>),
@@ -253,6 +262,8 @@ impl Hub {
             store,
             kept,
             leftovers,
+            local,
+            running: Mutex::new(HashMap::new()),
             recounted: AtomicU64::new(0),
             persister,
             waiting: Mutex::new(HashMap::new()),
@@ -277,11 +288,230 @@ impl Hub {
         self.pushing.load(Ordering::Acquire)
     }
 
-    /// Writes the state file now (at exit).
+    /// Writes the state file now (at exit), with the backend calls still running: the next
+    /// process makes them again ([`Hub::resume`]), so their answers are not lost.
     pub fn flush(&self) {
-        if let Some(p) = &self.persister {
-            p.save_now();
+        let running = std::mem::take(&mut *self.lock_running());
+        let n = running.len();
+        let Some(p) = &self.persister else {
+            if n > 0 {
+                crate::log_warn!(
+                    "late: {n} backend call(s) still running are lost: their users got `pending` \
+                     and will not get these answers (without a state file nothing is kept \
+                     across a restart)"
+                );
+            }
+            return;
+        };
+        // Saved calls share the store with kept answers: at most half of `late_max_bytes`, so
+        // that saving them never pushes kept answers out.
+        let (mut saved, mut bytes) = (0, 0);
+        for (message, (account, record)) in running {
+            bytes += record.len();
+            let key = state::key(&account, RESUME, &message);
+            let put = if bytes > self.settings.max_bytes / 2 {
+                Err("saved calls at their bound (half of late_max_bytes)".to_string())
+            } else {
+                let put = self.local.put(&key, &record, self.settings.keep);
+                put.map_err(|e| e.to_string())
+            };
+            match put {
+                Ok(()) => saved += 1,
+                Err(e) => crate::log_warn!(
+                    "late account={account} result=lost reason=\"{}\"",
+                    e.escape_debug()
+                ),
+            }
         }
+        if saved > 0 {
+            let n = saved;
+            crate::log_warn!(
+                "late: {n} backend call(s) still running saved to {}; the next start makes them again",
+                p.path().display()
+            );
+        }
+        p.save_now();
+    }
+
+    /// Makes again the backend calls a previous process saved when it stopped ([`Hub::flush`]),
+    /// with the rules of `config` (a call whose rule is gone is dropped, logged). `dispatch`
+    /// starts one call (taking its slot); it returns false when no slot is free.
+    pub(in crate::forward) fn resume(
+        self: &Arc<Self>,
+        config: &crate::config::Config,
+        mut dispatch: impl FnMut(Job) -> bool,
+    ) {
+        let saved: Vec<_> = self
+            .local
+            .export(state::KEY_PREFIX)
+            .into_iter()
+            .filter(|e| e.key.contains(RESUME_INFIX))
+            .collect();
+        if saved.is_empty() {
+            return;
+        }
+        for entry in saved {
+            let _ = self.local.remove(&entry.key);
+            let state::ExportedValue::Bytes(record) = entry.value else {
+                continue;
+            };
+            match self.rebuild(config, &record) {
+                Ok(job) => {
+                    let (account, rule) = (job.account.clone(), job.rule.clone());
+                    self.track(&job);
+                    if dispatch(job) {
+                        crate::log_info!(
+                            "late account={account} rule={rule} result=resumed (the call was running when the previous process stopped)"
+                        );
+                    } else {
+                        crate::log_warn!(
+                            "late account={account} rule={rule} result=lost reason=\"all forward slots busy at start\""
+                        );
+                    }
+                }
+                Err(why) => crate::log_warn!("late: a saved backend call is dropped: {why}"),
+            }
+        }
+        if let Some(p) = &self.persister {
+            p.changed();
+        }
+    }
+
+    /// Notes a backend call that is starting, for [`Hub::flush`].
+    fn track(&self, job: &Job) {
+        let Some(late) = job.late.as_deref() else {
+            return;
+        };
+        let env: Vec<Value> = job.env.iter().map(|(k, v)| json!([k, v])).collect();
+        let fallback = (late.fallback.as_ref())
+            .and_then(to_item)
+            .map(|i| String::from_utf8_lossy(&i).into_owned());
+        let record = json!({
+            "account": job.account,
+            "rule": job.rule,
+            "key": job.key,
+            "path": job.path,
+            "body": String::from_utf8_lossy(&job.body),
+            "env": env,
+            "to_user": job.to_user,
+            "from_user": job.from_user,
+            "text_max_bytes": job.limits.text_max_bytes,
+            "max_articles": job.limits.max_articles,
+            "message": late.message,
+            "is_event": late.is_event,
+            "fallback": fallback,
+        });
+        let Ok(record) = serde_json::to_vec(&record) else {
+            return;
+        };
+        self.lock_running()
+            .insert(late.message.clone(), (job.account.clone(), record));
+    }
+
+    /// A job from a saved record, on the rule of the same name in `config`.
+    fn rebuild(
+        self: &Arc<Self>,
+        config: &crate::config::Config,
+        record: &[u8],
+    ) -> Result<Job, String> {
+        let r: Value = serde_json::from_slice(record).map_err(|e| format!("unreadable ({e})"))?;
+        let text = |name: &str| r[name].as_str().unwrap_or("").to_string();
+        let (account_name, rule_name) = (text("account"), text("rule"));
+        let account = (config.accounts.iter())
+            .find(|a| a.name == account_name)
+            .ok_or_else(|| format!("account {account_name:?} is no longer in the config"))?;
+        let forward = (account.rules.iter())
+            .find(|rule| rule.name == rule_name)
+            .and_then(|rule| match &rule.action {
+                crate::rules::Action::Forward(f) if f.late.is_some() => Some(Arc::clone(f)),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                format!("account {account_name:?} has no rule {rule_name:?} with `late` any more")
+            })?;
+        let settings = forward.late.as_ref().ok_or("no late settings")?;
+        // The file is ours, but read as hostile: the path is one `backend::path_for` makes
+        // (`/msg/…` or `/event/…`, percent-encoded), so it cannot leave the rule's URL.
+        let path = text("path");
+        let encoded = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.~%".contains(&b))
+        };
+        let path_ok = match forward.target {
+            crate::rules::Target::Http { .. } => (path.strip_prefix("/msg/"))
+                .or_else(|| path.strip_prefix("/event/"))
+                .is_some_and(encoded),
+            crate::rules::Target::Exec { .. } => path.is_empty(),
+        };
+        if !path_ok {
+            return Err(format!("its path {path:?} is not a message or event path"));
+        }
+        let credentials = match (&account.app_id, &account.app_secret) {
+            (Some(id), Some(secret)) => Some(Credentials {
+                api_base: config.api_base.clone(),
+                app_id: id.clone(),
+                app_secret: secret.expose().to_string(),
+            }),
+            _ => None,
+        };
+        let fallback = r["fallback"]
+            .as_str()
+            .and_then(|item| backend::parse_answer(item.as_bytes()).ok());
+        let late = LateJob {
+            mode: settings.mode,
+            message: text("message"),
+            pending: Vec::new(),
+            text_max_bytes: settings.text_max_bytes(config.text_max_bytes),
+            more_hint: settings.more_hint.clone(),
+            fallback,
+            credentials,
+            is_event: r["is_event"].as_bool().unwrap_or(false),
+            hub: Some(Arc::clone(self)),
+        };
+        // Only the `WX_…` variables `Job::new` sets.
+        let pairs = r["env"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let env = (pairs.iter())
+            .filter_map(|kv| Some((kv[0].as_str()?.to_string(), kv[1].as_str()?.to_string())))
+            .filter(|(k, _)| {
+                k.strip_prefix("WX_").is_some_and(|n| {
+                    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                })
+            })
+            .collect();
+        let count = |name: &str, default: usize| {
+            (r[name].as_u64())
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(default)
+        };
+        let user_info = match forward.target {
+            crate::rules::Target::Http { .. } => {
+                crate::forward::userinfo::Credentials::for_account(config, account)
+            }
+            crate::rules::Target::Exec { .. } => None,
+        };
+        Ok(Job {
+            forward: Arc::clone(&forward),
+            account: account_name,
+            rule: rule_name,
+            key: r["key"].as_str().map(str::to_string),
+            path,
+            body: text("body").into_bytes(),
+            env,
+            to_user: text("to_user"),
+            from_user: text("from_user"),
+            limits: Limits {
+                text_max_bytes: count("text_max_bytes", config.text_max_bytes),
+                max_articles: count("max_articles", 1),
+            },
+            fallback: None,
+            encrypt: None,
+            user_info,
+            late: Some(Box::new(late)),
+        })
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Vec<u8>)>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Handles one attempt of a message on a `late` rule (see the module doc). `acquire`
@@ -376,6 +606,7 @@ impl Hub {
             );
             waiter.answer(Some(&xml));
             if start {
+                self.track(&job);
                 dispatch(job);
             }
             return;
@@ -421,6 +652,7 @@ impl Hub {
             job.rule
         );
         if start {
+            self.track(&job);
             dispatch(job);
         }
     }
@@ -436,6 +668,7 @@ impl Hub {
             return;
         };
         let account = &job.account;
+        self.lock_running().remove(&late.message);
         let running_key = state::key(account, "late-run", &job.to_user);
         if let Ok(Some(m)) = self.store.get(&running_key) {
             if m == late.message.as_bytes() {
@@ -1063,6 +1296,55 @@ mod tests {
             pic_url: p.into(),
             url: u.into(),
         }
+    }
+
+    #[test]
+    fn saved_calls_are_rebuilt_on_the_rule_of_the_same_name_and_read_as_hostile() {
+        let config = crate::config::Config::parse(
+            "[[account]]\nname = \"bot\"\npath = \"/weixin\"\ntoken = \"t\"\n\
+             [[account.rule]]\nname = \"ask\"\nreply = { type = \"forward\", url = \
+             \"http://127.0.0.1:9/gw\", late = \"next_message\" }\n\
+             [[account.rule]]\nname = \"plain\"\nreply = { type = \"forward\", url = \
+             \"http://127.0.0.1:9/gw\" }\n",
+            "test.toml",
+        )
+        .expect("config");
+        let hub = Hub::new(
+            config.late.clone(),
+            Arc::new(MemoryStore::new(1 << 20)),
+            Arc::new(MemoryStore::new(1 << 20)),
+            None,
+        );
+        let record = |rule: &str, path: &str| {
+            serde_json::to_vec(&json!({
+                "account": "bot", "rule": rule, "key": null, "path": path,
+                "body": "{\"Content\":\"hi\"}",
+                "env": [["WX_Content", "hi"], ["LD_PRELOAD", "x"], ["WX_", "y"]],
+                "to_user": "oU", "from_user": "gh", "text_max_bytes": 2048, "max_articles": 8,
+                "message": "m1", "is_event": false, "fallback": null,
+            }))
+            .unwrap()
+        };
+        let job = hub
+            .rebuild(&config, &record("ask", "/msg/text"))
+            .expect("rebuilt");
+        assert_eq!(
+            (job.path.as_str(), job.to_user.as_str()),
+            ("/msg/text", "oU")
+        );
+        assert_eq!(job.env, [("WX_Content".to_string(), "hi".to_string())]);
+        assert!(job.late.as_ref().is_some_and(|l| l.message == "m1"));
+        for (rule, path, why) in [
+            ("ask", "/../admin", "not a message or event path"),
+            ("ask", "/msg/text?x=1", "not a message or event path"),
+            ("ask", "http://evil/", "not a message or event path"),
+            ("plain", "/msg/text", "has no rule \"plain\" with `late`"),
+            ("gone", "/msg/text", "has no rule \"gone\""),
+        ] {
+            let err = hub.rebuild(&config, &record(rule, path)).err().expect(path);
+            assert!(err.contains(why), "{rule} {path}: {err}");
+        }
+        assert!(hub.rebuild(&config, b"\xff not json").is_err());
     }
 
     #[test]

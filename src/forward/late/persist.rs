@@ -62,6 +62,11 @@ impl Persister {
         Persister { shared }
     }
 
+    /// The state file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.shared.path
+    }
+
     /// Notes a change: saved within a second.
     pub fn changed(&self) {
         self.shared.dirty.store(true, Ordering::Release);
