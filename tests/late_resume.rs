@@ -21,10 +21,10 @@ impl Backend {
     fn start(first_ms: u64) -> Backend {
         let calls = Arc::new(AtomicUsize::new(0));
         let seen = Arc::clone(&calls);
-        let fake = fake_http::Fake::start(Arc::new(move |_path: &str, body: &str| {
+        let fake = fake_http::Fake::simple(move |_path, body| {
             let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
             if n == 1 {
-                std::thread::sleep(Duration::from_millis(first_ms));
+                fake_http::sleep(Duration::from_millis(first_ms));
             }
             let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
             let content = json["Content"].as_str().unwrap_or("");
@@ -33,7 +33,7 @@ impl Backend {
                 200,
                 serde_json::json!({"type": "text", "msg": msg}).to_string(),
             )
-        }));
+        });
         Backend { fake, calls }
     }
 
