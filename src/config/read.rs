@@ -740,6 +740,9 @@ fn build_none(_: &Table<'_>) -> Result<Action, ConfigError> {
 const DEFAULT_FORWARD_TIMEOUT_MS: u64 = 4500;
 const MAX_FORWARD_TIMEOUT_MS: u64 = 60_000;
 const DEFAULT_EXEC_MAX_OUTPUT: u64 = 2048;
+/// On a rule with `late`, long answers are split into parts rather than cut: the program may
+/// say more.
+const DEFAULT_LATE_EXEC_MAX_OUTPUT: u64 = 64 * 1024;
 
 /// `reply = { type = "forward", url = "http://127.0.0.1:8080/wx", timeout_ms = 4500,
 /// fallback = { type = "text", content = "…" } }`.
@@ -776,7 +779,11 @@ fn build_exec(t: &Table<'_>) -> Result<Action, ConfigError> {
             return Err(t.err_at(key, &v.span(), message));
         }
     }
-    let max_output = t.usize("max_output", DEFAULT_EXEC_MAX_OUTPUT, 1, 1 << 20)?;
+    let default = match t.str("late")? {
+        None | Some(("off", _)) => DEFAULT_EXEC_MAX_OUTPUT,
+        Some(_) => DEFAULT_LATE_EXEC_MAX_OUTPUT,
+    };
+    let max_output = t.usize("max_output", default, 1, 1 << 20)?;
     forward_action(
         t,
         Target::Exec {

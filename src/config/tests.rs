@@ -1111,3 +1111,37 @@ fn bad_aes_key_never_shown() {
         assert!(!e.to_string().contains("S3cret"), "{e}");
     }
 }
+
+#[test]
+fn exec_output_cap_is_larger_on_a_late_rule() {
+    let max_output = |reply: &str| {
+        let c = Config::parse(&late_config("", "", reply), "t.toml").unwrap();
+        let Action::Forward(f) = &c.accounts[0].rules[0].action else {
+            unreachable!()
+        };
+        let crate::rules::Target::Exec { max_output, .. } = &f.target else {
+            unreachable!()
+        };
+        *max_output
+    };
+    // Without `late` an answer is one reply: 2048 bytes, WeChat's text limit.
+    assert_eq!(
+        max_output(r#"{ type = "exec", command = ["/bin/true"] }"#),
+        2048
+    );
+    assert_eq!(
+        max_output(r#"{ type = "exec", command = ["/bin/true"], late = "off" }"#),
+        2048
+    );
+    // With `late` a long answer is split into parts, so the program may say more.
+    assert_eq!(
+        max_output(r#"{ type = "exec", command = ["/bin/true"], late = "next_message" }"#),
+        65536
+    );
+    assert_eq!(
+        max_output(
+            r#"{ type = "exec", command = ["/bin/true"], late = "next_message", max_output = 100 }"#
+        ),
+        100
+    );
+}
