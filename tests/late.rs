@@ -6,8 +6,6 @@
 pub mod common;
 use common::fake_http::{Fake, Response};
 use common::*;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -206,61 +204,13 @@ fn next_id() -> u64 {
 }
 
 /// One attempt through nginx; `None` when no answer came within `wait` (WeChat gives up and
-/// drops the connection, as it does after 5 s).
+/// drops the connection, as it does after 5 s), or when nginx answered an error itself (504:
+/// the responder took longer than nginx waits; WeChat retries the same).
 fn attempt(port: u16, body: &str, wait: Duration) -> Option<HttpResponse> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect nginx");
-    s.set_read_timeout(Some(wait)).expect("timeout");
-    let req = format!(
-        "POST /weixin?{} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
-        signed_query(TOKEN),
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("send");
-    let mut raw = Vec::new();
-    let started = Instant::now();
-    let mut buf = [0u8; 8192];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(_) => return None,
-        }
-        if started.elapsed() > wait {
-            return None;
-        }
-    }
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(body.as_bytes())?
-    } else {
-        body.as_bytes().to_vec()
-    };
-    // 504 from nginx: the responder took longer than nginx waits; WeChat retries the same.
-    (status == 200).then(|| HttpResponse {
-        status,
-        headers: Vec::new(),
-        body,
-    })
-}
-
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&b[..line_end]).ok()?.trim(), 16).ok()?;
-        b = &b[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
-    }
+    let query = format!("/weixin?{}", signed_query(TOKEN));
+    try_http_within(port, "POST", &query, body.as_bytes(), wait)
+        .ok()
+        .filter(|resp| resp.status == 200)
 }
 
 /// WeChat delivering one message: up to three attempts, each given up after `wait`.
