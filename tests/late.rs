@@ -469,14 +469,33 @@ fn customer_service_pushes_answers_with_one_token_and_falls_back_on_45015() {
     assert_no_secrets(&r.stderr());
 }
 
-/// Kept answers are in the state file and survive a restart of the responder.
-#[test]
-fn kept_answers_survive_a_restart() {
+/// A backend, a temp dir with the state file, and a `next_message` config that uses it.
+fn with_state_file(tag: &str) -> (Backend, TempDir, std::path::PathBuf, String) {
     let backend = Backend::start();
-    let state = TempDir::new("late-state");
+    let state = TempDir::new(tag);
     let file = state.join("late-answers");
     let top = format!("state_file = \"{}\"", file.display());
     let conf = config(600, "next_message", &backend, &top);
+    (backend, state, file, conf)
+}
+
+/// A new process on `conf`: `user`'s next message gets `answer` at its first attempt.
+fn next_process_delivers(conf: &str, user: &str, answer: &str) -> Responder {
+    let r = Responder::start(conf);
+    let nginx = Nginx::start(&r.socket, true);
+    let got = wechat(
+        nginx.port,
+        &text(user, "back", next_id()),
+        Duration::from_millis(600),
+    );
+    assert_eq!(got, Some((1, Some(answer.to_string()))), "{}", r.stderr());
+    r
+}
+
+/// Kept answers are in the state file and survive a restart of the responder.
+#[test]
+fn kept_answers_survive_a_restart() {
+    let (_backend, _state, file, conf) = with_state_file("late-state");
     let wait = Duration::from_millis(600);
     {
         let mut r = Responder::start(&conf);
@@ -495,15 +514,7 @@ fn kept_answers_survive_a_restart() {
         let _ = r.child.kill();
         let _ = r.child.wait();
     }
-    let r = Responder::start(&conf);
-    let nginx = Nginx::start(&r.socket, true);
-    let got = wechat(nginx.port, &text("oFay", "back again", next_id()), wait);
-    assert_eq!(
-        got,
-        Some((1, Some("answer to: mid kept".to_string()))),
-        "{}",
-        r.stderr()
-    );
+    let r = next_process_delivers(&conf, "oFay", "answer to: mid kept");
     assert!(r.stderr().contains("kept answer list(s) read from"));
 }
 
@@ -512,11 +523,7 @@ fn kept_answers_survive_a_restart() {
 /// next process delivers it.
 #[test]
 fn a_stop_waits_for_a_late_answer_being_computed_and_the_next_process_delivers_it() {
-    let backend = Backend::start();
-    let state = TempDir::new("late-stop");
-    let file = state.join("late-answers");
-    let top = format!("state_file = \"{}\"", file.display());
-    let conf = config(600, "next_message", &backend, &top);
+    let (_backend, _state, _file, conf) = with_state_file("late-stop");
     let wait = Duration::from_millis(600);
     {
         let mut r = Responder::start(&conf);
@@ -538,15 +545,7 @@ fn a_stop_waits_for_a_late_answer_being_computed_and_the_next_process_delivers_i
         assert!(kept < stopped, "{log}");
         assert!(!log.contains("unfinished"), "{log}");
     }
-    let r = Responder::start(&conf);
-    let nginx = Nginx::start(&r.socket, true);
-    let got = wechat(nginx.port, &text("oIda", "back", next_id()), wait);
-    assert_eq!(
-        got,
-        Some((1, Some("answer to: wait for me".to_string()))),
-        "{}",
-        r.stderr()
-    );
+    next_process_delivers(&conf, "oIda", "answer to: wait for me");
 }
 
 /// Without a state file, a late answer that does not come within the stop deadline is named in
