@@ -354,6 +354,16 @@ fn path<'r>(request: &'r Request<'_>) -> &'r str {
         .unwrap_or("")
 }
 
+/// The query parameters of WeChat's callback, in the order `serve` reads them.
+pub const CALLBACK_PARAMS: [&str; 6] = [
+    "timestamp",
+    "nonce",
+    "signature",
+    "echostr",
+    "encrypt_type",
+    "msg_signature",
+];
+
 /// Fills `response`; `Err` carries the reason of a refusal (already set as the response).
 fn serve<'c>(
     config: &'c Config,
@@ -383,17 +393,7 @@ fn serve<'c>(
         echostr,
         encrypt_type,
         msg_signature,
-    ] = query::get_all(
-        query,
-        [
-            "timestamp",
-            "nonce",
-            "signature",
-            "echostr",
-            "encrypt_type",
-            "msg_signature",
-        ],
-    );
+    ] = query::get_all(query, CALLBACK_PARAMS);
     let (timestamp, nonce, signature) = (
         timestamp.unwrap_or_default(),
         nonce.unwrap_or_default(),

@@ -16,14 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let names = String::from_utf8_lossy(names);
     let mut picked: Vec<&str> = names.split(',').take(4).collect();
     picked.resize(4, "");
-    let fixed = [
-        "timestamp",
-        "nonce",
-        "signature",
-        "echostr",
-        "encrypt_type",
-        "msg_signature",
-    ];
+    let fixed = weixin_fcgi::app::CALLBACK_PARAMS;
     let found = query::get_all(q, fixed);
     for (name, value) in fixed.iter().zip(&found) {
         assert_eq!(value, &query::get(q, name), "{name}");
