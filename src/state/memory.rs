@@ -227,7 +227,7 @@ impl MemoryStore {
 
     /// The per-value limit: a quarter of the budget.
     fn value_limit(&self) -> usize {
-        self.budget / 4
+        value_limit(self.budget)
     }
 }
 
@@ -288,14 +288,7 @@ impl Inner {
         value: Value,
         expires: Instant,
     ) -> Result<(), StoreError> {
-        let charged = charge(&key, &value);
-        let limit = budget / 4;
-        if charged > limit {
-            return Err(StoreError::TooLarge {
-                bytes: charged,
-                limit,
-            });
-        }
+        let charged = charge_within(&key, &value, budget)?;
         self.remove(&key);
         self.insert_absent(budget, key, value, expires, charged);
         Ok(())
@@ -327,6 +320,25 @@ impl Inner {
     }
 }
 
+/// The largest charge one entry may have: a quarter of `budget`, so one value never flushes
+/// the table.
+fn value_limit(budget: usize) -> usize {
+    budget / 4
+}
+
+/// What `key` and `value` are charged, refused when over [`value_limit`].
+fn charge_within(key: &str, value: &Value, budget: usize) -> Result<usize, StoreError> {
+    let charged = charge(key, value);
+    let limit = value_limit(budget);
+    if charged > limit {
+        return Err(StoreError::TooLarge {
+            bytes: charged,
+            limit,
+        });
+    }
+    Ok(charged)
+}
+
 fn charge(key: &str, value: &Value) -> usize {
     let value_bytes = match value {
         Value::Bytes(b) => b.len(),
@@ -345,14 +357,7 @@ impl Store for MemoryStore {
             return Ok(false);
         }
         let value = Value::Bytes(value.to_vec());
-        let charged = charge(key, &value);
-        let limit = self.value_limit();
-        if charged > limit {
-            return Err(StoreError::TooLarge {
-                bytes: charged,
-                limit,
-            });
-        }
+        let charged = charge_within(key, &value, self.budget)?;
         inner.insert_absent(self.budget, key.to_owned(), value, now + ttl, charged);
         Ok(true)
     }
