@@ -493,30 +493,20 @@ fn openmetrics(s: &Snapshot, out: &mut String) {
         "weixin_fcgi_request_duration_seconds_sum {}",
         seconds(s.duration_sum_us)
     );
-    family(
+    labelled_counter(
         out,
         "replies",
-        "counter",
         "Requests by outcome: reply, success (no reply), refused, verify, forward, oauth.",
+        "outcome",
+        &s.replies,
     );
-    for (outcome, n) in &s.replies {
-        let _ = writeln!(
-            out,
-            "weixin_fcgi_replies_total{{outcome=\"{outcome}\"}} {n}"
-        );
-    }
-    family(
+    labelled_counter(
         out,
         "forward_results",
-        "counter",
         "Forwarded messages by result: the backend's answer (ok) or the rule's fallback.",
+        "result",
+        &s.forward,
     );
-    for (result, n) in &s.forward {
-        let _ = writeln!(
-            out,
-            "weixin_fcgi_forward_results_total{{result=\"{result}\"}} {n}"
-        );
-    }
     family(
         out,
         "retry_table_entries",
@@ -555,6 +545,14 @@ fn openmetrics(s: &Snapshot, out: &mut String) {
         let _ = writeln!(out, "weixin_fcgi_shared_state_up {}", u8::from(up));
     }
     out.push_str("# EOF\n");
+}
+
+/// A counter family with one sample per fixed label value.
+fn labelled_counter(out: &mut String, name: &str, help: &str, label: &str, v: &[(&str, u64)]) {
+    family(out, name, "counter", help);
+    for (value, n) in v {
+        let _ = writeln!(out, "weixin_fcgi_{name}_total{{{label}=\"{value}\"}} {n}");
+    }
 }
 
 /// The `# TYPE` and `# HELP` lines of a metric family.
