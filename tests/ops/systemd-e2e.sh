@@ -124,7 +124,12 @@ AES_KEY=$(python3 -c 'import random,string; r=random.Random(7); print("".join(r.
 APP_ID=wx7e2e0000000001
 APP_SECRET=e2eAppSecret5d1b7c
 
-write_config() { # write_config REPLY_PREFIX [EXTRA_GLOBAL_LINE]
+write_config() { # write_config REPLY_PREFIX [EXTRA_GLOBAL_LINE [RULE_TABLES]]
+    # The rules: an echo rule with REPLY_PREFIX, unless RULE_TABLES are given.
+    local rules=${3:-"[[account.rule]]
+name = \"echo\"
+msg_type = \"text\"
+reply = { type = \"text\", content = \"$1 {Content}\" }"}
     ct sh -c "cat > $CONFIG" <<EOF
 # written by tests/ops/systemd-e2e.sh, as a user edits the packaged file
 status_path = "/weixin-status"
@@ -137,10 +142,7 @@ app_id = "$APP_ID"
 aes_key = "$AES_KEY"
 app_secret = "$APP_SECRET"
 
-[[account.rule]]
-name = "echo"
-msg_type = "text"
-reply = { type = "text", content = "$1 {Content}" }
+$rules
 EOF
 }
 send() { # send ARGS...: weixin-fcgi send through the container's nginx, in safe mode unless --plain
@@ -418,22 +420,10 @@ ct systemctl restart weixin-fcgi
 # request gets `pending`, the answer is kept for the user in the unit's StateDirectory= (with
 # DynamicUser=: /var/lib/private/weixin-fcgi, given to each run's new UID), and after a restart,
 # under another dynamic UID, the user's next message gets it.
-ct sh -c "cat > $CONFIG" <<EOF
-# written by tests/ops/systemd-e2e.sh: a late rule
-wechat_attempt_ms = 1000
-[[account]]
-name = "e2e"
-path = "/weixin"
-token = "$TOKEN"
-app_id = "$APP_ID"
-aes_key = "$AES_KEY"
-app_secret = "$APP_SECRET"
-
-[[account.rule]]
+write_config "" "wechat_attempt_ms = 1000" '[[account.rule]]
 name = "slow"
 msg_type = "text"
-reply = { type = "exec", command = ["/bin/sh", "-c", "sleep 3; echo \"late: \$WX_Content\""], late = "next_message", late_timeout_ms = 10000 }
-EOF
+reply = { type = "exec", command = ["/bin/sh", "-c", "sleep 3; echo \"late: $WX_Content\""], late = "next_message", late_timeout_ms = 10000 }'
 ct systemctl restart weixin-fcgi
 first=$(send --plain text question)
 state_file=/var/lib/private/weixin-fcgi/late-answers
